@@ -1,0 +1,1 @@
+"""The data path: file formats -> conversations -> template -> token ids and labels -> batches."""

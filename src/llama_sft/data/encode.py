@@ -1,0 +1,99 @@
+"""Conversation -> (input_ids, labels), with labels derived from the template's character spans.
+
+The input ids are exactly `tokenizer(rendered_text, add_special_tokens=False)`: the text a server
+builds with the same template (BOS included as text, as HF chat templates do). A token is
+supervised when it *starts* inside a supervised character span, so the space the template puts
+after "ASSISTANT:" is trained even when LLaMA's vocabulary makes it a token of its own, and EOS
+is trained even when pad == eos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .messages import Conversation
+from .templates import Rendered, SpecialText, Template, TemplateError
+
+IGNORE_INDEX = -100
+STRATEGIES = ("train_on_assistant", "train_on_last", "train_on_all")
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    text: str
+    full_length: int  # tokens before truncation
+    boundary_tokens: int = 0  # tokens that straddle a prompt/reply boundary (prompt tokenizes differently alone)
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def supervised_spans(rendered: Rendered, strategy: str) -> tuple[tuple[int, int], ...]:
+    if strategy == "train_on_assistant":
+        return rendered.spans
+    if strategy == "train_on_last":
+        return rendered.spans[-1:]
+    if strategy == "train_on_all":
+        return ((0, len(rendered.text)),)
+    raise ValueError(f"unknown masking strategy {strategy!r}; choose from {STRATEGIES}")
+
+
+def labels_from_offsets(ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans) -> tuple[list[int], int]:
+    """Label each token by where it starts; also count tokens that straddle a span's start."""
+    ids_arr = np.asarray(ids, dtype=np.int64)
+    if len(ids_arr) == 0:
+        return [], 0
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    starts, ends = off[:, 0], off[:, 1]
+    supervised = np.zeros(len(ids_arr), dtype=bool)
+    straddle = 0
+    for s, e in spans:
+        supervised |= (starts >= s) & (starts < e)
+        straddle += int(np.count_nonzero((starts < s) & (ends > s)))
+    return np.where(supervised, ids_arr, IGNORE_INDEX).tolist(), straddle
+
+
+def check_bos(ids: Sequence[int], tokenizer, text: str) -> None:
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        raise TemplateError(f"BOS appears twice at the start of {text[:40]!r}: the template and the data both add it")
+
+
+def encode_conversations(
+    conversations: Sequence[Conversation],
+    template: Template,
+    tokenizer,
+    max_length: int | None = None,
+    strategy: str = "train_on_assistant",
+) -> list[Encoded]:
+    """Render, tokenize in one batched call, and label. Truncates from the right to `max_length`."""
+    special = SpecialText.from_tokenizer(tokenizer)
+    rendered = [template.render(c.messages, special=special) for c in conversations]
+    texts = [r.text for r in rendered]
+    if not texts:
+        return []
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        check_bos(ids, tokenizer, r.text)
+        labels, straddle = labels_from_offsets(ids, offsets, supervised_spans(r, strategy))
+        full = len(ids)
+        if max_length is not None and full > max_length:
+            ids, labels = ids[:max_length], labels[:max_length]
+        out.append(Encoded(list(ids), labels, r.text, full, straddle))
+    return out
+
+
+def encode_conversation(conversation: Conversation, template: Template, tokenizer, max_length: int | None = None,
+                        strategy: str = "train_on_assistant") -> Encoded:
+    return encode_conversations([conversation], template, tokenizer, max_length, strategy)[0]
