@@ -1,0 +1,1 @@
+"""Command-line entry points; each subcommand module registers itself and imports heavy libraries lazily."""

@@ -1,0 +1,197 @@
+"""Tokenized, labelled datasets built once and cached on disk.
+
+The cache key covers everything that changes the ids or labels: the data files' content hash,
+the tokenizer (its full serialized form), the template, the max length and the masking
+strategy. Conversations that lose every supervised token to truncation are reported (and stop
+the run unless skip_bad), never trained as all-masked rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .encode import IGNORE_INDEX, encode_conversations
+from .issues import DataError, Issue, ValidationReport
+from .messages import Conversation
+from .templates import Template
+
+CACHE_VERSION = "1"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LLAMA_SFT_CACHE", Path.home() / ".cache" / "llama-sft")) / "data"
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes (or of every file in a directory, in name order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        with open(p, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(tokenizer.get_vocab())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def template_fingerprint(template: Template) -> str:
+    return hashlib.sha256(template.to_jinja().encode()).hexdigest()[:16]
+
+
+@dataclass
+class EncodeStats:
+    conversations: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    truncated: int = 0
+    dropped_no_supervised: int = 0
+    boundary_tokens: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out.pop("lengths")
+        return out
+
+
+def encode_with_report(
+    conversations: Sequence[Conversation],
+    template: Template,
+    tokenizer,
+    max_length: int,
+    strategy: str,
+    report: ValidationReport,
+    batch_size: int = 1000,
+):
+    """Encode in batches, adding truncation / no-supervised-token issues to `report`.
+
+    Returns (rows, stats); each row is a dict with input_ids, labels, length, id.
+    """
+    rows, stats = [], EncodeStats()
+    for start in range(0, len(conversations), batch_size):
+        chunk = conversations[start : start + batch_size]
+        for conv, enc in zip(chunk, encode_conversations(chunk, template, tokenizer, max_length, strategy)):
+            file, _, index = conv.source.rpartition("#")
+            file, index = (file or conv.source), int(index) if index.isdigit() else -1
+            if enc.truncated:
+                stats.truncated += 1
+                report.add(Issue(file, index, "truncated", f"{enc.full_length} tokens > model_max_length {max_length}",
+                                 record_id=conv.id, severity="warning"))
+            n_sup = sum(1 for x in enc.labels if x != IGNORE_INDEX)
+            if n_sup == 0:
+                stats.dropped_no_supervised += 1
+                report.add(Issue(file, index, "no_supervised_tokens",
+                                 f"no reply token left within {max_length} tokens" if enc.truncated else "no reply token",
+                                 record_id=conv.id, severity="error"))
+                report.skipped_ids.append(conv.id)
+                continue
+            stats.conversations += 1
+            stats.tokens += len(enc.input_ids)
+            stats.supervised_tokens += n_sup
+            stats.boundary_tokens += enc.boundary_tokens
+            stats.lengths.append(len(enc.input_ids))
+            rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids), "id": conv.id})
+    return rows, stats
+
+
+def cache_key(paths: Sequence[str | Path], tokenizer, template: Template, max_length: int, strategy: str, extra: str = "") -> str:
+    parts = {
+        "version": CACHE_VERSION,
+        "data": [file_fingerprint(p) for p in paths],
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "template": template_fingerprint(template),
+        "max_length": max_length,
+        "strategy": strategy,
+        "extra": extra,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def build_dataset(
+    paths: Sequence[str | Path],
+    tokenizer,
+    template: Template,
+    max_length: int,
+    strategy: str = "train_on_assistant",
+    data_format: str = "auto",
+    skip_bad: bool = False,
+    strict: bool = False,
+    cache_dir: str | Path | None = None,
+    num_workers: int = 1,
+    use_cache: bool = True,
+):
+    """Load, validate, encode and cache. Returns (datasets.Dataset, ValidationReport, stats dict)."""
+    import datasets
+
+    from .validate import load_conversations
+
+    key = cache_key(paths, tokenizer, template, max_length, strategy, f"{data_format}|{skip_bad}|{strict}")
+    target = Path(cache_dir or default_cache_dir()) / key
+    if use_cache and (target / "meta.json").exists():
+        meta = json.loads((target / "meta.json").read_text())
+        report = ValidationReport(records_read=meta["records_read"], records_kept=meta["records_kept"])
+        report.issues = [Issue(**i) for i in meta["issues"]]
+        return datasets.load_from_disk(str(target / "data")), report, meta["stats"] | {"cache": "hit", "cache_path": str(target)}
+
+    conversations, report = load_conversations(paths, data_format, strict=strict, skip_bad=skip_bad, template_name=None)
+    if num_workers > 1 and len(conversations) > 2000:
+        rows, stats = _encode_parallel(conversations, template, tokenizer, max_length, strategy, report, num_workers)
+    else:
+        rows, stats = encode_with_report(conversations, template, tokenizer, max_length, strategy, report)
+    if stats.dropped_no_supervised and not skip_bad:
+        raise DataError(report)
+    if not rows:
+        raise DataError(report) if report.errors else ValueError(f"no usable conversations in {list(map(str, paths))}")
+    dataset = datasets.Dataset.from_list(rows)
+    summary = stats.to_dict()
+    if use_cache:
+        target.mkdir(parents=True, exist_ok=True)
+        dataset.save_to_disk(str(target / "data"))
+        meta = {"records_read": report.records_read, "records_kept": report.records_kept, "stats": summary,
+                "issues": [i.__dict__ for i in report.issues]}
+        (target / "meta.json").write_text(json.dumps(meta))
+        dataset = datasets.load_from_disk(str(target / "data"))
+    return dataset, report, summary | {"cache": "miss" if use_cache else "off", "cache_path": str(target)}
+
+
+def _encode_chunk(args):
+    conversations, template, tokenizer_json, specials, max_length, strategy = args
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=__import__("tokenizers").Tokenizer.from_str(tokenizer_json), **specials)
+    report = ValidationReport()
+    rows, stats = encode_with_report(conversations, template, tokenizer, max_length, strategy, report)
+    return rows, stats, report
+
+
+def _encode_parallel(conversations, template, tokenizer, max_length, strategy, report, num_workers):
+    """Tokenize in worker processes; the tokenizer travels as its JSON so workers need no hub."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    specials = {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    size = (len(conversations) + num_workers - 1) // num_workers
+    chunks = [conversations[i : i + size] for i in range(0, len(conversations), size)]
+    rows, stats = [], EncodeStats()
+    with ProcessPoolExecutor(num_workers) as pool:
+        for part_rows, part_stats, part_report in pool.map(
+            _encode_chunk, [(c, template, tokenizer_json, specials, max_length, strategy) for c in chunks]
+        ):
+            rows += part_rows
+            report.issues += part_report.issues
+            report.skipped_ids += part_report.skipped_ids
+            for k in ("conversations", "tokens", "supervised_tokens", "truncated", "dropped_no_supervised", "boundary_tokens"):
+                setattr(stats, k, getattr(stats, k) + getattr(part_stats, k))
+            stats.lengths += part_stats.lengths
+    return rows, stats
