@@ -1,0 +1,1 @@
+"""Model loading: dtype, attention implementation, RoPE scaling, 4-bit quantization, adapters."""

@@ -1,0 +1,45 @@
+"""LoRA / QLoRA / DoRA adapters with peft, and the trainable-parameter summary."""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def add_adapters(model, run: RunConfig):
+    """Wrap `model` for the run's method; full fine-tuning returns it unchanged."""
+    if run.lora.method == "full":
+        return model
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if run.lora.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(run.training.gradient_checkpointing),
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    if run.lora.lora_weight_path:
+        log.info("starting from adapter %s", run.lora.lora_weight_path)
+        return PeftModel.from_pretrained(model, run.lora.lora_weight_path, is_trainable=True)
+    config = LoraConfig(
+        r=run.lora.lora_r,
+        lora_alpha=run.lora.lora_alpha,
+        lora_dropout=run.lora.lora_dropout,
+        target_modules=run.lora.lora_target_modules,
+        bias=run.lora.lora_bias,
+        use_dora=run.lora.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    if run.training.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def trainable_summary(model) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "total_params": total, "trainable_share": round(trainable / max(total, 1), 6)}

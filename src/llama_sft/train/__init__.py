@@ -1,0 +1,1 @@
+"""Training: collators, the Trainer assembly, callbacks, outputs and resume."""
