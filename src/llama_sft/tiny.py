@@ -33,8 +33,12 @@ def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 600, e
 
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    # Split on words while training so merges never cross a space, as in SentencePiece.
-    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    # Split on words while training so merges never cross a space, and keep digits out of merges, as
+    # LLaMA's SentencePiece does: " 5" is then "▁" + "5", the case the loss mask must get right.
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        pre_tokenizers.Digits(individual_digits=True),
+    ])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size + len(byte_tokens),
         special_tokens=SPECIAL_TOKENS + byte_tokens,  # byte tokens become ordinary vocab entries below

@@ -22,13 +22,33 @@ def use_spm_normalizer(tokenizer) -> bool:
     return True
 
 
+def use_tiktoken_merges(tokenizer) -> bool:
+    """Give a LLaMA-3 BPE tokenizer tiktoken's lookup order; returns True if changed.
+
+    LLaMA-3's vocabulary comes from tiktoken, which takes a pre-token whole when it is in the
+    vocabulary before applying merges; Meta's tokenizer.json says so with `ignore_merges: true`.
+    Converters that drop the flag (transformers' GGUF loader does) split some words differently
+    ("Việt" becomes three tokens instead of one), unlike the model's training and llama.cpp.
+    """
+    from tokenizers import models
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or tokenizer.bos_token != "<|begin_of_text|>" or not isinstance(backend.model, models.BPE):
+        return False
+    if backend.model.ignore_merges:
+        return False
+    backend.model.ignore_merges = True
+    return True
+
+
 def prepare_tokenizer(tokenizer):
-    """Normalizer fix and a pad token (LLaMA has none; unk as FastChat does, else eos).
+    """Normalizer / merge-order fixes and a pad token (LLaMA has none; unk as FastChat does, else eos).
 
     Padding never decides labels here (labels come from character spans), so an EOS used as pad
     is still trained where it ends a reply.
     """
     use_spm_normalizer(tokenizer)
+    use_tiktoken_merges(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     return tokenizer
