@@ -20,7 +20,14 @@ from pathlib import Path
 
 SPECIALS = ("<unk>", "<s>", "</s>")
 # Control tokens of the built-in templates; special in the dummy tokenizer so they split off.
-CONTROL_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>")
+CONTROL_TOKENS = (
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|im_start|>",
+    "<|im_end|>",
+)
 
 
 def word_tokenizer(words: Sequence[str]):
@@ -37,8 +44,12 @@ def word_tokenizer(words: Sequence[str]):
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*SPECIALS, *CONTROL_TOKENS) if t in vocab])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>")
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in (*SPECIALS, *CONTROL_TOKENS) if t in vocab]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
 
 
 # --- real LLaMA vocabularies from llama.cpp -------------------------------------------------------
@@ -64,16 +75,32 @@ def fetch_ggml_vocabs(cache: Path | None = None) -> Path:
     target = cache / "llama.cpp-models"
     if all((target / name).is_file() for name in VOCAB_FILES):
         return target
+    if cache in _failed_downloads:  # once per test session is enough
+        raise _failed_downloads[cache]
+    try:
+        return _download(cache, target)
+    except VocabUnavailable as exc:
+        _failed_downloads[cache] = exc
+        raise
+
+
+_failed_downloads: dict[Path, VocabUnavailable] = {}
+
+
+def _download(cache: Path, target: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix="download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", LLAMA_CPP_PYTHON, "-d", tmp]
+        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd = [*pip, LLAMA_CPP_PYTHON, "-d", tmp]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise VocabUnavailable(f"pip download {LLAMA_CPP_PYTHON} failed: {exc}") from exc
         sdists = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         if proc.returncode != 0 or not sdists:
-            raise VocabUnavailable(f"pip download {LLAMA_CPP_PYTHON} failed: {(proc.stderr or proc.stdout)[-500:]}")
+            raise VocabUnavailable(
+                f"pip download {LLAMA_CPP_PYTHON} failed: {(proc.stderr or proc.stdout)[-500:]}"
+            )
         staging = Path(tmp) / "models"
         staging.mkdir()
         with tarfile.open(sdists[0]) as tar:
@@ -105,6 +132,7 @@ def converted_dir(kind: str, cache: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".llama-{kind}-"))
     tokenizer.save_pretrained(str(staging))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
     shutil.rmtree(target, ignore_errors=True)
     staging.replace(target)
     return target
@@ -137,4 +165,4 @@ def read_vectors(kind: str) -> list[tuple[str, list[int]]]:
     texts = inp.split(VECTOR_SEPARATOR)[:-1]
     ids = [[int(x) for x in line.split()] for line in out.split("\n")[:-1]]
     assert len(texts) == len(ids), (len(texts), len(ids))
-    return list(zip(texts, ids))
+    return list(zip(texts, ids, strict=True))

@@ -139,6 +139,11 @@ def flatten_yaml(data: dict, source: str) -> dict[str, Any]:
             flat[key] = value
         else:
             raise unknown_key_error(key, valid_flat + list(SECTIONS), source)
+    # A scalar where a list is expected ("data_path: train.json") would later be iterated by character.
+    for cls in (ModelConfig, DataConfig, LoraConfig):
+        for f in dataclasses.fields(cls):
+            if str(f.type).startswith("list") and isinstance(flat.get(f.name), str):
+                flat[f.name] = [flat[f.name]]
     return flat
 
 
@@ -169,6 +174,7 @@ class RunConfig:
     data: DataConfig
     lora: LoraConfig
     training: SFTTrainingArguments
+    notes: list[str] = field(default_factory=list)  # adjustments made while parsing, shown at start
 
     def to_dict(self) -> dict[str, Any]:
         training = {k: v for k, v in self.training.to_dict().items() if not k.startswith("_")}
@@ -229,23 +235,79 @@ class RunConfig:
         return self
 
 
+# Flags transformers has since removed, as FastChat's scripts still pass them: name -> how to apply.
+REMOVED_FLAGS = ("warmup_ratio", "fsdp_transformer_layer_cls_to_wrap")
+
+
+def _pop_removed(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    out, removed, i = [], {}, 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        if name[2:] in REMOVED_FLAGS:
+            if not eq:
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            removed[name[2:]] = value
+        else:
+            out.append(argv[i])
+        i += 1
+    return out, removed
+
+
+def _apply_hardware_fallbacks(values: dict[str, Any], notes: list[str]) -> None:
+    """GPU-only precision flags on a machine without CUDA: run in fp32 and say so.
+
+    This lets a GPU recipe (e.g. FastChat's `--bf16 True --tf32 True`) be smoke-tested on a laptop
+    unchanged; on a GPU nothing here applies.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for flag in ("bf16", "fp16", "tf32"):
+        if values.get(flag):
+            values[flag] = False if flag != "tf32" else None
+            notes.append(f"--{flag} needs a CUDA GPU; none here, so this run trains in float32")
+    values["use_cpu"] = True
+
+
 def parse_run_config(argv: list[str], config_file: str | None = None) -> RunConfig:
     """YAML values become defaults; flags override them. Raises ConfigError on unknown keys."""
     parser = HfArgumentParser(PARSED)
     if config_file:
         parser.set_defaults(**load_yaml(config_file))
-    argv = normalize_argv(argv)
-    unknown = [a.split("=")[0] for a in argv if a.startswith("--") and a.split("=")[0][2:] not in all_flag_names()]
-    for flag in unknown:
+    argv, removed = _pop_removed(normalize_argv(argv))
+    valid = all_flag_names()
+    for flag in [a.split("=")[0] for a in argv if a.startswith("--")]:
         name = flag[2:]
-        if name.startswith("no_") and name[3:] in all_flag_names():
-            continue
-        raise unknown_key_error(flag, ["--" + n for n in all_flag_names()], "command line")
+        if name not in valid and not (name.startswith("no_") and name[3:] in valid):
+            raise unknown_key_error(flag, ["--" + n for n in valid], "command line")
     try:
-        model, data, lora, training = parser.parse_args_into_dataclasses(args=argv)
+        namespace = vars(parser.parse_args(argv))
+    except SystemExit as exc:
+        raise ConfigError(f"could not parse the command line (exit {exc.code}); see `llama-sft train --help`") from None
+    notes: list[str] = []
+    if "warmup_ratio" in removed:
+        namespace["warmup_steps"] = float(removed["warmup_ratio"])  # transformers 5: a float < 1 is a ratio
+    if "fsdp_transformer_layer_cls_to_wrap" in removed:
+        config = namespace.get("fsdp_config") or {}
+        if isinstance(config, str):
+            import json
+
+            config = json.loads(Path(config).read_text())
+        config["transformer_layer_cls_to_wrap"] = [removed["fsdp_transformer_layer_cls_to_wrap"]]
+        namespace["fsdp_config"] = config
+    _apply_hardware_fallbacks(namespace, notes)
+    objects = []
+    try:
+        for cls in PARSED:
+            names = {f.name for f in dataclasses.fields(cls) if f.init}
+            objects.append(cls(**{k: v for k, v in namespace.items() if k in names}))
     except ValueError as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
-    return RunConfig(model, data, lora, training)
+    run = RunConfig(*objects)
+    run.notes = notes
+    return run
 
 
 def build_parser() -> HfArgumentParser:

@@ -31,7 +31,9 @@ def parse_index(spec: str, total: int) -> list[int]:
         return list(range(total))[slice(int(start) if start else None, int(stop) if stop else None)]
     index = int(spec)
     if not -total <= index < total:
-        raise IndexError(f"--index {index} is out of range: the file has {total} usable conversation(s)")
+        from .errors import UsageError
+
+        raise UsageError(f"--index {index} is out of range: the file has {total} usable conversation(s)")
     return [index % total]
 
 

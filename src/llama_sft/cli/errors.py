@@ -9,13 +9,17 @@ from rich.console import Console
 err_console = Console(stderr=True)
 
 
+class UsageError(ValueError):
+    """A command-line value that cannot work (out-of-range index, missing option)."""
+
+
 def expected_errors() -> tuple[type[BaseException], ...]:
     from llama_sft.config import ConfigError
     from llama_sft.data.formats import RecordError
     from llama_sft.data.issues import DataError
     from llama_sft.data.templates import TemplateError
 
-    return (ConfigError, DataError, TemplateError, RecordError, FileNotFoundError)
+    return (ConfigError, DataError, TemplateError, RecordError, FileNotFoundError, UsageError)
 
 
 def run_with_clean_errors(func, *args) -> int:

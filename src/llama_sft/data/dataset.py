@@ -42,6 +42,8 @@ def file_fingerprint(path: str | Path) -> str:
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(tokenizer.get_vocab())
+    # Templates render {bos}/{eos} from these attributes, which the backend's JSON does not record.
+    text += json.dumps([tokenizer.bos_token, tokenizer.eos_token])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -81,7 +83,8 @@ def encode_with_report(
     rows, stats = [], EncodeStats()
     for start in range(0, len(conversations), batch_size):
         chunk = conversations[start : start + batch_size]
-        for conv, enc in zip(chunk, encode_conversations(chunk, template, tokenizer, max_length, strategy)):
+        encoded = encode_conversations(chunk, template, tokenizer, max_length, strategy)
+        for conv, enc in zip(chunk, encoded, strict=True):
             file, _, index = conv.source.rpartition("#")
             file, index = (file or conv.source), int(index) if index.isdigit() else -1
             if enc.truncated:
@@ -140,7 +143,8 @@ def build_dataset(
     target = Path(cache_dir or default_cache_dir()) / key
     if use_cache and (target / "meta.json").exists():
         meta = json.loads((target / "meta.json").read_text())
-        report = ValidationReport(records_read=meta["records_read"], records_kept=meta["records_kept"])
+        report = ValidationReport(records_read=meta["records_read"], records_kept=meta["records_kept"],
+                                  skipped_ids=meta.get("skipped_ids", []))
         report.issues = [Issue(**i) for i in meta["issues"]]
         return datasets.load_from_disk(str(target / "data")), report, meta["stats"] | {"cache": "hit", "cache_path": str(target)}
 
@@ -159,7 +163,7 @@ def build_dataset(
         target.mkdir(parents=True, exist_ok=True)
         dataset.save_to_disk(str(target / "data"))
         meta = {"records_read": report.records_read, "records_kept": report.records_kept, "stats": summary,
-                "issues": [i.__dict__ for i in report.issues]}
+                "issues": [i.__dict__ for i in report.issues], "skipped_ids": report.skipped_ids}
         (target / "meta.json").write_text(json.dumps(meta))
         dataset = datasets.load_from_disk(str(target / "data"))
     return dataset, report, summary | {"cache": "miss" if use_cache else "off", "cache_path": str(target)}

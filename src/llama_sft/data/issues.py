@@ -47,7 +47,8 @@ class Issue:
 
     def location(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        rid = f" (id {self.record_id})" if self.record_id not in (None, "") else ""
+        # A record without an id of its own gets its index as id; repeating it would read like a file id.
+        rid = f" (id {self.record_id})" if self.record_id not in (None, "", str(self.index)) else ""
         return f"{where} record {self.index}{rid}"
 
     def __str__(self) -> str:

@@ -33,9 +33,9 @@ def use_tiktoken_merges(tokenizer) -> bool:
     from tokenizers import models
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or tokenizer.bos_token != "<|begin_of_text|>" or not isinstance(backend.model, models.BPE):
+    if tokenizer.bos_token != "<|begin_of_text|>" or backend is None:
         return False
-    if backend.model.ignore_merges:
+    if not isinstance(backend.model, models.BPE) or backend.model.ignore_merges:
         return False
     backend.model.ignore_merges = True
     return True
