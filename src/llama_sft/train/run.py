@@ -20,6 +20,7 @@ from ..model.load import load_model, load_model_config, preflight
 from ..model.trained import BASE_CONFIG
 from .callbacks import MetricsLogger
 from .collator import make_collator
+from .distributed import ShardingCheck, setup_distributed
 from .outputs import plot_loss, save_template, write_report, write_run_record
 from .resume import resolve_resume
 from .trainer import SFTTrainer
@@ -42,6 +43,7 @@ def prepare_run(run: RunConfig):
     model_config = load_model_config(run)
     run.validate(world_size=world_size(), max_position_embeddings=getattr(model_config, "max_position_embeddings", None))
     preflight(run)
+    setup_distributed(run)  # refuses what cannot shard or save; process group before any model loads
     tokenizer = load_tokenizer(run.model.model_name_or_path, trust_remote_code=run.model.trust_remote_code,
                                model_max_length=run.data.model_max_length)
     template = get_template(run.data.conv_template, tokenizer)
@@ -82,12 +84,19 @@ def train(run: RunConfig) -> dict:
                  len(report.warnings), len(report.skipped_ids))
         for severity, reason, count, examples in report.summary_rows():
             log.info("  %s %s: %d (e.g. %s)", severity, reason, count, "; ".join(examples))
-    if run.data.packing == "padded":
-        t.group_by_length = True
+    if run.data.packing == "padded" and t.train_sampling_strategy == "random":
+        t.train_sampling_strategy = "group_by_length"  # similar lengths together: less padding
+    for note in run.notes:
+        log.warning(note)
     if t.dataloader_pin_memory and not __import__("torch").cuda.is_available():
         t.dataloader_pin_memory = False
     if run.model.rope_scaling_factor:
         log.info("RoPE scaling: %s x%s", run.model.rope_scaling_type, run.model.rope_scaling_factor)
+    # Seed before the adapters exist: LoRA's A matrices are drawn at creation, before the Trainer
+    # seeds anything, so without this two runs with the same --seed start from different weights.
+    from transformers import set_seed
+
+    set_seed(t.seed)
     model = load_model(run, model_config)
     if t.gradient_checkpointing:
         t.gradient_checkpointing_kwargs = t.gradient_checkpointing_kwargs or {"use_reentrant": False}
@@ -102,7 +111,7 @@ def train(run: RunConfig) -> dict:
         eval_dataset=eval_ds,
         data_collator=make_collator(run.data.packing, tokenizer, run.data.model_max_length),
         processing_class=tokenizer,
-        callbacks=[MetricsLogger(output_dir)],
+        callbacks=[MetricsLogger(output_dir), sharding := ShardingCheck(run)],
         sample_ids=train_ds["id"],
     )
     resume = resolve_resume(t.resume_from_checkpoint, output_dir)
@@ -122,7 +131,8 @@ def train(run: RunConfig) -> dict:
         template_file = save_template(template, output_dir)
         fingerprints = {str(p): file_fingerprint(p)[:16] for p in [*run.data.data_path, *(run.data.eval_data_path or [])]}
         record = write_run_record(output_dir, run, template, template_file, fingerprints, stats, params,
-                                  extra={"summary": summary, "rope_parameters": getattr(model_config, "rope_parameters", None)})
+                                  extra={"summary": summary, "rope_parameters": getattr(model_config, "rope_parameters", None),
+                                         "distributed": sharding.info})
         plot_loss(output_dir)
         write_report(output_dir, record, summary)
         log.info("saved to %s: train loss %.4f%s", output_dir, result.training_loss,
