@@ -57,6 +57,11 @@ def test_saved_tokenizer_renders_the_training_template(tmp_path, tiny_model_dir,
     got = tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in messages], tokenize=False,
                                         add_generation_prompt=True)
     assert got == expected.text
+    # A server loads the run dir with plain AutoTokenizer: it must produce the training ids.
+    from transformers import AutoTokenizer
+
+    plain = AutoTokenizer.from_pretrained(str(out))
+    assert plain(got, add_special_tokens=False)["input_ids"] == tokenizer(got, add_special_tokens=False)["input_ids"]
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
 
 def use_spm_normalizer(tokenizer) -> bool:
     """Give a LLaMA-1/2 SentencePiece-style tokenizer Meta's normalizer; returns True if changed.
@@ -62,3 +67,46 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{name_or_path}: a fast (Rust) tokenizer is needed for character offsets; got {type(tokenizer).__name__}")
     return prepare_tokenizer(tokenizer)
+
+
+def save_tokenizer(tokenizer, template, out_dir) -> None:
+    """Save with the training template as `chat_template`, loadable by plain `AutoTokenizer`.
+
+    A class-specific loader may rebuild the tokenizer's normalizer instead of reading
+    tokenizer.json (transformers 5's LlamaTokenizer does), and then tokenizes the same prompt into
+    other ids than training did. When a plain reload disagrees, the saved class becomes the generic
+    fast tokenizer, which reads tokenizer.json as is.
+    """
+    import json
+
+    from .messages import Message
+    from .templates import SpecialText
+
+    tokenizer.chat_template = template.to_jinja()
+    out_dir = Path(out_dir)
+    tokenizer.save_pretrained(str(out_dir))
+    probe = [
+        Message("user", "Hello there, 12 km?"),
+        Message("assistant", "Hi! 12000 m."),
+        Message("user", "Thanks"),
+    ]
+    text = template.render(
+        probe, add_generation_prompt=True, special=SpecialText.from_tokenizer(tokenizer)
+    ).text
+    expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if _reloaded_ids(out_dir, text) != expected:
+        path = out_dir / "tokenizer_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if _reloaded_ids(out_dir, text) != expected:
+            log.warning(
+                "%s: AutoTokenizer tokenizes the chat prompt differently from training; servers may see other ids",
+                out_dir,
+            )
+
+
+def _reloaded_ids(out_dir: Path, text: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(out_dir))(text, add_special_tokens=False)["input_ids"]

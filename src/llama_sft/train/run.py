@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import ConfigError, RunConfig
 from ..data.dataset import build_dataset, file_fingerprint
 from ..data.templates import get_template
-from ..data.tokenizer import load_tokenizer
+from ..data.tokenizer import load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
 from ..model.load import load_model, load_model_config, preflight
 from ..model.trained import BASE_CONFIG
@@ -126,7 +126,7 @@ def train(run: RunConfig) -> dict:
         summary["eval_loss"] = round(final_eval["eval_loss"], 4)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(str(output_dir))
+        save_tokenizer(tokenizer, template, output_dir)  # chat_template = training template, reloads to same ids
         model_config.to_json_file(str(output_dir / BASE_CONFIG)) if run.lora.method != "full" else None
         template_file = save_template(template, output_dir)
         fingerprints = {str(p): file_fingerprint(p)[:16] for p in [*run.data.data_path, *(run.data.eval_data_path or [])]}

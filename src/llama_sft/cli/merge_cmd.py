@@ -1,0 +1,62 @@
+"""`llama-sft merge`: a run (adapter or full) -> one standalone HF model directory."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    from .main import formatter
+
+    p = subparsers.add_parser(
+        "merge",
+        help="merge an adapter into its base: one model dir for any HF server",
+        formatter_class=formatter(),
+        description="Write a standalone model: merged weights in safetensors, the config the run "
+        "trained with (RoPE scaling included), a tokenizer whose chat_template renders exactly the "
+        "training template, the stop tokens in generation_config.json, and the run record. vLLM, "
+        "TGI or `llama-sft chat/serve/eval` then build the same prompt as training. QLoRA runs: the "
+        "4-bit base is dequantized to the compute dtype and merged (needs bitsandbytes and CUDA); "
+        "the merged model matches the trained one up to rounding to that dtype.",
+    )
+    p.add_argument("run", metavar="RUN", help="a `llama-sft train` output directory")
+    p.add_argument(
+        "--out", "--output_dir", dest="out", required=True, metavar="DIR", help="where the merged model goes"
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="saved weights dtype (auto: the base checkpoint's; QLoRA: the compute dtype)",
+    )
+    p.add_argument(
+        "--qlora_base",
+        default="dequantized",
+        choices=["dequantized", "original"],
+        help="QLoRA only: merge into the dequantized 4-bit base as trained (default), or into the original "
+        "unquantized weights (works without a GPU; outputs differ by the NF4 quantization error)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(args) -> int:
+    from rich.console import Console
+
+    from llama_sft.export import merge_run
+
+    notes = merge_run(
+        args.run, args.out, dtype=args.dtype, qlora_base=args.qlora_base, overwrite=args.overwrite
+    )
+    if args.json:
+        print(json.dumps({"out": args.out, **notes}, indent=2, default=str))
+        return 0
+    console = Console(highlight=False)
+    console.print(f"[bold]merged[/] {args.run} -> {args.out}: {notes['merge']}")
+    console.print(
+        f"  dtype {notes['dtype']}, RoPE {notes['rope_parameters']}, stop strings {notes['stop_strings']} "
+        f"(token ids {notes['stop_token_ids']} in generation_config.json)"
+    )
+    console.print(f"  next: `llama-sft chat {args.out}` · `llama-sft serve {args.out}` · any HF-based server")
+    return 0

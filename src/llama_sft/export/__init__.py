@@ -1,0 +1,5 @@
+"""Export a run as one standalone model directory (merged weights, training template, stop tokens)."""
+
+from .merge import load_merged, merge_run, save_tokenizer, stop_token_ids
+
+__all__ = ["load_merged", "merge_run", "save_tokenizer", "stop_token_ids"]
