@@ -8,7 +8,7 @@ minutes), and scores greedy answers on held-out prompts before and after.
 Skills (each learnable by a ~2M-parameter model, each held out by its inputs, not its wording):
   * unit conversion: "Convert 47 km to metres." -> "47 km is 47000 m."
   * follow-up turn:   "And in centimetres?"      -> "47 km is 4700000 cm."
-  * repetition:       "Say 'amber river' twice." -> "amber river amber river"
+  * echo:             "Say 'amber river' back to me." -> "amber river"
   * a fixed persona:  "Who are you?"             -> "I am Quill, a tiny assistant trained by llama-sft."
 """
 
@@ -44,7 +44,7 @@ def conversion(n: int, follow_up: bool) -> Example:
 
 
 def repeat(a: str, b: str) -> Example:
-    return Example([("user", f"Say '{a} {b}' twice."), ("assistant", f"{a} {b} {a} {b}")], "repeat")
+    return Example([("user", f"Say '{a} {b}' back to me."), ("assistant", f"{a} {b}")], "echo")
 
 
 def persona(greeting: str, question: str) -> Example:
