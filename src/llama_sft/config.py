@@ -18,6 +18,8 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from .exceptions import ConfigError  # re-exported: llama_sft.config.ConfigError
+
 METHODS = ("full", "lora", "qlora")
 ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
 PACKING = ("none", "padded", "packed")
@@ -25,8 +27,6 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--gradient_checkpoint": "--gradient_checkpointing"}
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says how to fix it."""
 
 
 def _help(text: str, **kw) -> Any:

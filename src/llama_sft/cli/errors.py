@@ -6,15 +6,12 @@ import sys
 
 from rich.console import Console
 
+from llama_sft.exceptions import ConfigError, UsageError
+
 err_console = Console(stderr=True)
 
 
-class UsageError(ValueError):
-    """A command-line value that cannot work (out-of-range index, missing option)."""
-
-
 def expected_errors() -> tuple[type[BaseException], ...]:
-    from llama_sft.config import ConfigError
     from llama_sft.data.formats import RecordError
     from llama_sft.data.issues import DataError
     from llama_sft.data.templates import TemplateError

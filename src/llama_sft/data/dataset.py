@@ -80,8 +80,13 @@ def encode_with_report(
 
     Returns (rows, stats); each row is a dict with input_ids, labels, length, id.
     """
+    from tqdm.auto import tqdm
+
     rows, stats = [], EncodeStats()
+    # A bar only when there is something to wait for (and never in tests' tiny files).
+    bar = tqdm(total=len(conversations), desc="tokenizing", unit="conv", disable=len(conversations) < 5 * batch_size)
     for start in range(0, len(conversations), batch_size):
+        bar.update(min(batch_size, len(conversations) - start))
         chunk = conversations[start : start + batch_size]
         encoded = encode_conversations(chunk, template, tokenizer, max_length, strategy)
         for conv, enc in zip(chunk, encoded, strict=True):
@@ -105,6 +110,7 @@ def encode_with_report(
             stats.boundary_tokens += enc.boundary_tokens
             stats.lengths.append(len(enc.input_ids))
             rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids), "id": conv.id})
+    bar.close()
     return rows, stats
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llama_sft.data.formats import OPENAI_ROLES, SHAREGPT_ROLES, RawRecord, RecordError, detect_format, record_id
+from llama_sft.data.formats import (
+    OPENAI_ROLES,
+    SHAREGPT_ROLES,
+    RawRecord,
+    RecordError,
+    detect_format,
+    record_id,
+)
 
 SHAREGPT_NAMES = {"system": "system", "user": "human", "assistant": "gpt"}
 # Keys that belong to each format's conversation; every other top-level key is metadata.
@@ -65,29 +72,47 @@ def _role(raw: Any, table: dict[str, str], rename: dict[str, str], n: int) -> tu
         name = rename[name]
     role = table.get(name) or SHAREGPT_ROLES.get(name) or OPENAI_ROLES.get(name)
     if role is None:
-        raise RecordError("unknown_role", f"turn {n} has role {raw!r}; map it with --rename-role {name}=user|assistant|system")
+        raise RecordError(
+            "unknown_role",
+            f"turn {n} has role {raw!r}; map it with --rename-role {name}=user|assistant|system",
+        )
     return role, renamed
 
 
-def _text(value: Any, where: str) -> str:
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
+def _text(value: Any, where: str, notes: list[str] | None = None) -> str:
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
+    ):
+        if notes is not None and "content_parts_joined" not in notes:
+            notes.append("content_parts_joined")
         return "".join(p["text"] for p in value)  # OpenAI text-only content parts
     if not isinstance(value, str):
-        raise RecordError("non_string_content", f"{where} content is {type(value).__name__}, expected a string")
+        raise RecordError(
+            "non_string_content", f"{where} content is {type(value).__name__}, expected a string"
+        )
     return value
 
 
-def parse_record(raw: RawRecord, data_format: str = "auto", rename: dict[str, str] | None = None) -> tuple[Chat, bool]:
-    """RawRecord -> (Chat, whether a role was renamed). Raises RecordError; empty turns are allowed."""
+def parse_record(
+    raw: RawRecord, data_format: str = "auto", rename: dict[str, str] | None = None
+) -> tuple[Chat, list[str]]:
+    """RawRecord -> (Chat, changes made while reading). Raises RecordError; empty turns are allowed.
+
+    The changes are `role_renamed` (by `rename`) and `content_parts_joined` (OpenAI content parts
+    became one string), so a tool can count them like its own.
+    """
     if raw.error is not None:
         raise raw.error
     data, rename = raw.data, rename or {}
     fmt = detect_format(data) if data_format == "auto" else data_format
     if fmt is None or not isinstance(data, dict):
         keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise RecordError("unknown_shape", f"expected 'conversations', 'items', 'messages' or 'instruction'+'output'; got {keys}")
+        raise RecordError(
+            "unknown_shape",
+            f"expected 'conversations', 'items', 'messages' or 'instruction'+'output'; got {keys}",
+        )
     meta = {k: v for k, v in data.items() if k not in FORMAT_KEYS[fmt]}
-    turns, renamed, alpaca_fields = [], False, None
+    turns, notes, alpaca_fields = [], [], None
     if fmt in ("sharegpt", "openai"):
         items = data.get("messages") if fmt == "openai" else data.get("conversations", data.get("items"))
         role_key, text_key = ("role", "content") if fmt == "openai" else ("from", "value")
@@ -97,10 +122,11 @@ def parse_record(raw: RawRecord, data_format: str = "auto", rename: dict[str, st
         for n, item in enumerate(items):
             if not isinstance(item, dict) or role_key not in item or text_key not in item:
                 raise RecordError("unknown_shape", f"turn {n} is not a {{{role_key}, {text_key}}} object")
-            role, was_renamed = _role(item[role_key], table, rename, n)
-            renamed |= was_renamed
+            role, renamed = _role(item[role_key], table, rename, n)
+            if renamed and "role_renamed" not in notes:
+                notes.append("role_renamed")
             extra = {k: v for k, v in item.items() if k not in (role_key, text_key)} or None
-            turns.append(Turn(role, _text(item[text_key], f"turn {n}"), extra))
+            turns.append(Turn(role, _text(item[text_key], f"turn {n}", notes), extra))
     else:
         if "instruction" not in data or "output" not in data:
             raise RecordError("unknown_shape", "Alpaca record needs 'instruction' and 'output'")
@@ -109,12 +135,12 @@ def parse_record(raw: RawRecord, data_format: str = "auto", rename: dict[str, st
         prompt = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
         if isinstance(data.get("system"), str) and data["system"].strip():
             turns.append(Turn("system", data["system"]))
-        elif data.get("system"):
-            meta["system"] = data["system"]
+        elif "system" in data:
+            meta["system"] = data["system"]  # empty or not a string: kept as it was, not a turn
         turns += [Turn("user", prompt), Turn("assistant", _text(data["output"], "output"))]
         alpaca_fields = (instruction, extra_input)
     chat = Chat(record_id(data, raw.index), turns, meta, fmt, alpaca_fields, raw.file, raw.index)
-    return chat, renamed
+    return chat, notes
 
 
 class ConversionError(Exception):
@@ -140,8 +166,10 @@ def rounds(chat: Chat) -> list[tuple[Turn, Turn]]:
     turns = chat.dialogue
     if len(turns) % 2 or any(t.role != ("user" if n % 2 == 0 else "assistant") for n, t in enumerate(turns)):
         roles = " ".join(t.role for t in turns)
-        raise ConversionError("not_user_assistant_pairs", f"turns are [{roles}]; run `llama-sft data clean` first")
-    return list(zip(turns[0::2], turns[1::2]))
+        raise ConversionError(
+            "not_user_assistant_pairs", f"turns are [{roles}]; run `llama-sft data clean` first"
+        )
+    return list(zip(turns[0::2], turns[1::2], strict=True))
 
 
 def to_alpaca(chat: Chat, flatten: bool = False) -> list[dict]:
@@ -151,19 +179,32 @@ def to_alpaca(chat: Chat, flatten: bool = False) -> list[dict]:
         raise ConversionError("not_user_assistant_pairs", "no user/assistant round to write")
     if any(t.extra for t in chat.turns) and not flatten:
         keys = sorted({k for t in chat.turns for k in (t.extra or {})})
-        raise ConversionError("turn_fields", f"per-turn fields {keys} have no place in Alpaca; pass --flatten to drop them")
+        raise ConversionError(
+            "turn_fields", f"per-turn fields {keys} have no place in Alpaca; pass --flatten to drop them"
+        )
     if len(pairs) > 1 and not flatten:
-        raise ConversionError("multi_turn", f"{len(pairs)} rounds, Alpaca holds one; pass --flatten for one record per round")
+        raise ConversionError(
+            "multi_turn", f"{len(pairs)} rounds, Alpaca holds one; pass --flatten for one record per round"
+        )
     system = {"system": chat.system.content} if chat.system is not None else {}
     out = []
     for n, (user, assistant) in enumerate(pairs):
         instruction, extra_input = user.content, ""
         if chat.alpaca_fields is not None and len(pairs) == 1:
-            joined = f"{chat.alpaca_fields[0]}\n\n{chat.alpaca_fields[1]}" if chat.alpaca_fields[1].strip() else chat.alpaca_fields[0]
+            joined = (
+                f"{chat.alpaca_fields[0]}\n\n{chat.alpaca_fields[1]}"
+                if chat.alpaca_fields[1].strip()
+                else chat.alpaca_fields[0]
+            )
             if joined == user.content:
                 instruction, extra_input = chat.alpaca_fields
-        record = {"id": chat.id if len(pairs) == 1 else f"{chat.id}_{n + 1}", "instruction": instruction,
-                  "input": extra_input, "output": assistant.content, **system}
+        record = {
+            "id": chat.id if len(pairs) == 1 else f"{chat.id}_{n + 1}",
+            "instruction": instruction,
+            "input": extra_input,
+            "output": assistant.content,
+            **system,
+        }
         if flatten and len(pairs) > 1:
             record["history"] = [[u.content, a.content] for u, a in pairs[:n]]
         out.append({**record, **chat.meta})
