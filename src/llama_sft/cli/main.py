@@ -53,8 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def strip_local_rank(argv: list[str]) -> list[str]:
+    """The deepspeed launcher passes `--local_rank=N` before our subcommand; the rank is also in the
+    environment (LOCAL_RANK), so take it from the arguments and keep the environment in step."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg == "--local_rank":
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "0")
+            os.environ.setdefault("LOCAL_RANK", value)
+            i += 1 if "=" in arg else 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = strip_local_rank(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     parser = build_parser()
     # `train` parses its own (HF-style) flags: hand it everything after the subcommand.

@@ -40,6 +40,10 @@ def add_adapters(model, run: RunConfig):
 
 
 def trainable_summary(model) -> dict:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # Under ZeRO-3 a parameter is an empty shard; ds_numel is its real size.
+    def size(p) -> int:
+        return getattr(p, "ds_numel", p.numel())
+
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = sum(size(p) for p in model.parameters())
     return {"trainable_params": trainable, "total_params": total, "trainable_share": round(trainable / max(total, 1), 6)}

@@ -1,0 +1,249 @@
+"""Multi-process runs (DDP, FSDP, DeepSpeed ZeRO): the rules checked before any weights load, the
+setup ZeRO-3 and CPU runs need before `from_pretrained`, and a callback that records how the model
+was really sharded and stops a run whose FSDP or ZeRO silently fell back to plain DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ..config import ConfigError, RunConfig
+
+log = logging.getLogger("llama_sft")
+
+LAUNCH_HINT = "torchrun --nproc_per_node N -m llama_sft.cli.main train ..., accelerate launch or deepspeed --no_local_rank"
+
+
+def launched() -> bool:
+    """True under torchrun, accelerate launch and the deepspeed launcher (they all set LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def process_count() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def deepspeed_config(run: RunConfig) -> dict | None:
+    """The DeepSpeed config in force: `--deepspeed FILE`, or the one an accelerate YAML names."""
+    t = run.training
+    hf_config = getattr(t, "hf_deepspeed_config", None)  # TrainingArguments built it from --deepspeed
+    if hf_config is not None:
+        return hf_config.config
+    if t.deepspeed:
+        if isinstance(t.deepspeed, dict):
+            return t.deepspeed
+        path = Path(t.deepspeed)
+        if not path.exists():
+            raise ConfigError(
+                f"--deepspeed {path}: file not found (shipped configs: configs/deepspeed/*.json)"
+            )
+        return json.loads(path.read_text(encoding="utf-8"))
+    plugin = getattr(t, "deepspeed_plugin", None)  # accelerate launch with distributed_type: DEEPSPEED
+    return plugin.deepspeed_config if plugin is not None else None
+
+
+def zero_stage(run: RunConfig) -> int | None:
+    """0-3 under DeepSpeed, None without it."""
+    config = deepspeed_config(run)
+    return None if config is None else int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def fsdp_requested(run: RunConfig) -> bool:
+    """`--fsdp ...`, or `accelerate launch` with an FSDP YAML (which sets ACCELERATE_USE_FSDP)."""
+    return bool(run.training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def fsdp_state_dict_type(run: RunConfig) -> str:
+    if run.training.fsdp:
+        return str((run.training.fsdp_config or {}).get("state_dict_type", "FULL_STATE_DICT"))
+    return os.environ.get("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT")
+
+
+def check_distributed(run: RunConfig) -> None:
+    """Refuse, with the fix, combinations that cannot run, cannot shard or would save empty weights."""
+    import torch
+
+    from ..model.load import compute_dtype
+
+    stage, fsdp = zero_stage(run), fsdp_requested(run)
+    if stage is not None and fsdp:
+        raise ConfigError(
+            "--deepspeed and --fsdp both given: pick one (ZeRO-3 and FSDP full shard do the same job)"
+        )
+    if (stage is not None or fsdp) and not launched():
+        what = "--deepspeed" if stage is not None else "--fsdp"
+        raise ConfigError(
+            f"{what} needs a distributed launcher, even for one process: {LAUNCH_HINT} "
+            "(see docs/distributed.md)"
+        )
+    if launched() and process_count() > 1 and not torch.cuda.is_available() and not run.training.use_cpu:
+        raise ConfigError(
+            "several processes on a machine without CUDA: pass --use_cpu True (gloo); otherwise "
+            "accelerate finds no device and every process trains alone"
+        )
+    if stage == 3:
+        zero = deepspeed_config(run).get("zero_optimization", {})
+        if not zero.get("stage3_gather_16bit_weights_on_model_save", False):
+            raise ConfigError(
+                'ZeRO-3 config without "stage3_gather_16bit_weights_on_model_save": true: the saved model or adapter '
+                "would be empty (only a DeepSpeed checkpoint is written). Set it in the JSON or use "
+                "configs/deepspeed/zero3.json"
+            )
+    if fsdp and "FULL_STATE_DICT" not in fsdp_state_dict_type(run):
+        raise ConfigError(
+            f"FSDP state_dict_type {fsdp_state_dict_type(run)}: the Trainer then writes no final weights at all. "
+            "Use FULL_STATE_DICT (as configs/accelerate/fsdp.yaml does)"
+        )
+    if (run.lora.method == "qlora" or run.lora.q_lora) and (stage == 3 or fsdp):
+        check_sharded_qlora(run, stage, compute_dtype(run) == torch.float32)
+
+
+def check_sharded_qlora(run: RunConfig, stage: int | None, float32: bool) -> None:
+    """load.py stores the 4-bit weights in the compute dtype (bnb_4bit_quant_storage) under ZeRO-3 and
+    FSDP, which shard by dtype, so they split with the 16-bit LoRA and norm weights. In float32 they
+    stay uint8."""
+    fix = "pass --bf16 True (or --fp16 True on pre-Ampere GPUs)"
+    if float32 and stage == 3:
+        raise ConfigError(
+            f"QLoRA with ZeRO-3 needs the 4-bit weights stored in a 16-bit dtype to partition them: {fix}, "
+            "or use configs/deepspeed/zero2.json, which does not shard weights"
+        )
+    if float32:
+        log.warning(
+            "QLoRA with FSDP in float32: the 4-bit weights stay uint8, which FSDP leaves whole on every "
+            "process, so the base model is not sharded; %s to shard it",
+            fix,
+        )
+    offload = (deepspeed_config(run) or {}).get("zero_optimization", {}).get("offload_param", {})
+    if offload.get("device", "none") != "none":
+        log.warning(
+            "QLoRA with ZeRO-3 parameter offload uses more GPU memory than without it (PEFT's DeepSpeed "
+            "guide); configs/deepspeed/zero3.json is the better choice"
+        )
+
+
+def setup_distributed(run: RunConfig) -> None:
+    """Check the distributed settings, then set up what must exist before the model loads: the process
+    group, DeepSpeed's communication layer for ZeRO-3 (which partitions weights inside
+    `from_pretrained`) and FSDP on CPU. Call it before anything reads `run.training.device`."""
+    check_distributed(run)
+    if not launched():
+        return
+    import torch
+
+    t = run.training
+    stage = zero_stage(run)
+    if stage is not None and not torch.cuda.is_available():
+        import deepspeed.ops
+
+        # On CPU DeepSpeed would JIT-compile a shared-memory all-reduce kernel (minutes, and a C++
+        # toolchain) to speed up a run that only exists for testing; gloo does the job.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    t.device  # noqa: B018 - builds accelerate's state and the process group (--ddp_backend)
+    if stage == 3:
+        import deepspeed
+
+        # zero.Init, which from_pretrained runs while the arguments' HfDeepSpeedConfig is alive, reads the
+        # world size from DeepSpeed's own communication layer. On CPU accelerate starts only
+        # torch.distributed, so without this zero.Init sees 1 process and rejects the batch sizes.
+        deepspeed.init_distributed(
+            dist_backend=t.ddp_backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        )
+    if fsdp_requested(run) and not torch.cuda.is_available():
+        _let_accelerate_use_fsdp_on_cpu()
+
+
+def _let_accelerate_use_fsdp_on_cpu() -> None:
+    """accelerate upgrades only GPU-type process groups to FSDP; on CPU (gloo) it silently runs DDP.
+    torch's FSDP2 works on CPU, so call the group GPU-type until accelerate has decided (the
+    Trainer's Accelerator then records FSDP). `ShardingCheck` verifies the result."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState._shared_state
+    if state.get("distributed_type") == DistributedType.MULTI_CPU:
+        state["distributed_type"] = DistributedType.MULTI_GPU
+
+
+def describe_sharding(model, optimizer=None) -> dict:
+    """What the prepared model is on this process: FSDP units, partitioned parameters, optimizer."""
+    import torch
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    try:
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch < 2.6 has no FSDP2
+        FSDPModule = DTensor = ()  # noqa: N806
+
+    fsdp2 = [type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)]
+    fsdp1 = sum(isinstance(m, FullyShardedDataParallel) for m in model.modules())
+    full = local = dtensors = zero3 = 0
+    for p in model.parameters():
+        if isinstance(p, DTensor):  # FSDP2 shard
+            dtensors += 1
+            full, local = full + p.numel(), local + p.to_local().numel()
+        elif hasattr(p, "ds_id"):  # ZeRO-3 partition
+            zero3 += 1
+            full, local = full + p.ds_numel, local + p.ds_tensor.numel()
+        else:
+            full, local = full + p.numel(), local + p.numel()
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the real optimizer
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world_size = torch.distributed.get_world_size() if dist else 1
+    optimizer_name = type(inner).__name__ if inner is not None else None
+    wrapper = type(optimizer).__name__ if optimizer is not None else ""
+    if fsdp2 or fsdp1:
+        mode = "fsdp2" if fsdp2 else "fsdp1"
+    elif zero3 or "DeepSpeed" in f"{wrapper} {optimizer_name}":
+        mode = "deepspeed"
+    else:
+        mode = "ddp" if world_size > 1 else "single"
+    return {
+        "mode": mode,
+        "world_size": world_size,
+        "backend": torch.distributed.get_backend() if dist else None,
+        "model_class": type(model).__name__,
+        "fsdp2_modules": sorted(set(fsdp2)),
+        "fsdp2_module_count": len(fsdp2),
+        "fsdp1_module_count": fsdp1,
+        "dtensor_params": dtensors,
+        "zero3_params": zero3,
+        "params_full": full,
+        "params_local": local,
+        "optimizer": optimizer_name,
+    }
+
+
+class ShardingCheck(TrainerCallback):
+    """Records how the model was sharded (`info`, saved in the run record) and stops a run that asked
+    for FSDP or DeepSpeed but got plain data parallelism, which accelerate does without a word on
+    some setups (FSDP on CPU, a launcher that ignored the config)."""
+
+    def __init__(self, run: RunConfig):
+        self.fsdp = fsdp_requested(run)
+        self.stage = zero_stage(run)
+        self.info: dict = {}
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        info = describe_sharding(model, optimizer)
+        info["requested"] = "fsdp" if self.fsdp else f"zero{self.stage}" if self.stage is not None else None
+        self.info = info
+        if self.fsdp and not (info["fsdp2_module_count"] or info["fsdp1_module_count"]):
+            raise RuntimeError(
+                f"FSDP was requested but the model is {info['model_class']} with no FSDP-wrapped "
+                "module: accelerate fell back to DDP. See docs/distributed.md"
+            )
+        if self.stage is not None and info["mode"] != "deepspeed":
+            raise RuntimeError(
+                f"DeepSpeed was requested but the optimizer is {info['optimizer']}: not a DeepSpeed run"
+            )
+        if self.stage == 3 and not info["zero3_params"]:
+            raise RuntimeError("ZeRO-3 was requested but no parameter is partitioned")
+        if state.is_world_process_zero:
+            log.info("sharding: %s", ", ".join(f"{k}={v}" for k, v in info.items() if v not in (None, [], 0)))
