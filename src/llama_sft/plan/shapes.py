@@ -13,16 +13,46 @@ from pathlib import Path
 
 # The published configs of each model, reduced to what memory depends on.
 PRESETS: dict[str, dict] = {
-    "llama2-7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000},
-    "llama2-13b": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
-                   "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000},
-    "llama2-70b": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
-                   "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000},
-    "llama3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                  "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},
-    "llama3-70b": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
-                   "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256},
+    "llama2-7b": {
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "vocab_size": 32000,
+    },
+    "llama2-13b": {
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 40,
+        "vocab_size": 32000,
+    },
+    "llama2-70b": {
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+    },
+    "llama3-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    },
+    "llama3-70b": {
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    },
 }
 
 # The projections `llama-sft train` adapts by default; a test keeps this equal to
@@ -63,8 +93,15 @@ class ModelShape:
     def linear_dims(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each projection in one decoder layer."""
         h, i = self.hidden_size, self.intermediate_size
-        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
-                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, self.q_dim),
+            "k_proj": (h, self.kv_dim),
+            "v_proj": (h, self.kv_dim),
+            "o_proj": (self.q_dim, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def layer_linear_params(self) -> int:
@@ -90,8 +127,12 @@ class ModelShape:
     @property
     def other_params(self) -> int:
         """Embeddings, LM head and norms (kept in 16 or 32 bit under QLoRA)."""
-        return (self.embedding_params + self.lm_head_params
-                + self.num_hidden_layers * self.layer_norm_params + self.hidden_size)
+        return (
+            self.embedding_params
+            + self.lm_head_params
+            + self.num_hidden_layers * self.layer_norm_params
+            + self.hidden_size
+        )
 
     @property
     def total_params(self) -> int:
@@ -112,8 +153,17 @@ class ModelShape:
 
 
 def shape_from_config(config: dict, name: str) -> ModelShape:
-    missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                           "vocab_size") if k not in config]
+    missing = [
+        k
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "vocab_size",
+        )
+        if k not in config
+    ]
     if missing:
         raise ShapeError(f"{name}: config has no {', '.join(missing)}; is it a LLaMA-style decoder?")
     heads = int(config["num_attention_heads"])
@@ -147,7 +197,9 @@ def load_shape(spec: str) -> ModelShape:
         return shape_from_config(config.get("text_config", config), spec)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return shape_from_config(_hub_config(spec), spec)
-    raise ShapeError(f"{spec!r} is not a preset ({', '.join(PRESETS)}), a config.json, a directory or a hub id")
+    raise ShapeError(
+        f"{spec!r} is not a preset ({', '.join(PRESETS)}), a config.json, a directory or a hub id"
+    )
 
 
 def _hub_config(repo_id: str) -> dict:
@@ -158,6 +210,8 @@ def _hub_config(repo_id: str) -> dict:
         path = hf_hub_download(repo_id, "config.json")
     except Exception as exc:  # offline and not cached, gated, or no such repo
         offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        raise ShapeError(f"{repo_id}: could not read its config.json{offline}: {exc.__class__.__name__}. "
-                         f"Pass a local config.json or a preset ({', '.join(PRESETS)}).") from exc
+        raise ShapeError(
+            f"{repo_id}: could not read its config.json{offline}: {exc.__class__.__name__}. "
+            f"Pass a local config.json or a preset ({', '.join(PRESETS)})."
+        ) from exc
     return json.loads(Path(path).read_text(encoding="utf-8"))
