@@ -8,8 +8,11 @@ FastChat (PyPI `fschat`) is never a dependency of llama-sft. It lives in a separ
 
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install torch==2.13.0            # CPU wheel first, as the Makefile does
-    .venv-bench/bin/pip install -e . requests            # our deps; requests is all fastchat imports beyond them
-    .venv-bench/bin/pip install --no-deps fschat==0.2.36 # its own pins are for serving, not preprocess
+    .venv-bench/bin/pip install -e . requests gguf       # requests: all fastchat imports beyond our deps;
+    .venv-bench/bin/pip install --no-deps fschat==0.2.36 # gguf: to convert the vocab (see below)
+
+(`--no-deps` because fschat's own requirements are for serving, not `preprocess`. Add
+`.venv-bench/` to .gitignore.)
 
 Run from the project venv, the script re-executes itself with `.venv-bench/bin/python` when
 `fastchat` is not importable here, so both pipelines run in one process, one after the other, on
@@ -24,7 +27,9 @@ render, one batched tokenization with offsets, span labels, truncation report); 
 `json.load` then `fastchat.train.train.preprocess` (what its `SupervisedDataset` does: render,
 batched tokenization padded to model_max_length, then two more tokenizer calls per round to find
 the masks). The headline ratio is file -> rows; the stage-only ratio (encode vs preprocess) is
-reported too.
+reported too. With one thread (the default) throughput is counted in conversations per CPU second
+of the process, which other work on a shared machine barely disturbs and which equals wall time on
+an idle core; with more threads, in wall time. Both clocks are recorded.
 
 FastChat shims, applied in this process only:
   * `tokenizer.legacy = True`: fastchat 0.2.36 reads `tokenizer.legacy`, an attribute of
@@ -34,8 +39,9 @@ FastChat shims, applied in this process only:
   * `fastchat.train.train.rank0_print` is replaced by a function that records its messages: the
     original prints nothing unless `local_rank == 0` (set only by FastChat's own `train()`), and we
     need its "tokenization mismatch" warnings counted, not lost.
-FastChat's `train()` loads LLaMA's slow SentencePiece tokenizer (`use_fast=False`); we hand it the
-same fast tokenizer we use, which only makes FastChat faster than it is in its own recipe.
+FastChat's `train()` asks for `use_fast=False`, which transformers 5 ignores (AutoTokenizer always
+returns the Rust-backed tokenizer), so handing FastChat our tokenizer object is also what its own
+recipe gets on transformers 5. Under transformers 4 it would get the slower SentencePiece one.
 
 Tokenizer: the real LLaMA-1/2 32k SentencePiece vocabulary, read from llama.cpp's
 `ggml-vocab-llama-spm.gguf` (shipped in the llama-cpp-python sdist) and cached as an HF tokenizer
@@ -65,15 +71,20 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_VENV = REPO / ".venv-bench"
 RESULTS = REPO / "benchmarks" / "results"
 REEXEC_FLAG = "LLAMA_SFT_BENCH_REEXEC"
-VOCAB_CACHE = Path.home() / ".cache" / "llama-sft" / "vocab" / "llama-spm-hf"
+VOCAB_ROOT = Path(os.environ.get("LLAMA_SFT_VOCAB_CACHE") or Path.home() / ".cache" / "llama-sft" / "vocab")
+VOCAB_CACHE = VOCAB_ROOT / "llama-spm-hf"
 GGUF_NAME = "ggml-vocab-llama-spm.gguf"
-GGUF_PLACES = [Path("/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp/models")]
+# Where the GGUF may already be: the test suite's download cache, an extracted sdist.
+GGUF_PLACES = [
+    VOCAB_ROOT / "llama.cpp-models",
+    Path("/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp/models"),
+]
 IGNORE = -100
-BENCH_ENV_HELP = f"""FastChat is not importable here and {BENCH_VENV} does not exist; measuring llama-sft alone.
-To compare with FastChat, make the bench venv once (from {REPO}):
+BENCH_ENV_HELP = f"""NOTE: fastchat is not importable in {sys.executable}; measuring llama-sft alone.
+To compare with FastChat, make the bench venv once (from {REPO}); this script then re-runs itself there:
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install torch==2.13.0
-    .venv-bench/bin/pip install -e . requests
+    .venv-bench/bin/pip install -e . requests gguf
     .venv-bench/bin/pip install --no-deps fschat==0.2.36"""
 
 
@@ -126,8 +137,10 @@ def _words(rng: random.Random, n: int) -> str:
             elif r < 0.12:
                 out.append(f"\n{rng.choice(['-', '*', '1.', '2.'])}")
             elif r < 0.13:
-                lines = [rng.choice(CODE).format(w=rng.choice(WORDS), w2=rng.choice(WORDS), n=rng.randint(0, 99))
-                         for _ in range(rng.randint(2, 8))]
+                lines = [
+                    rng.choice(CODE).format(w=rng.choice(WORDS), w2=rng.choice(WORDS), n=rng.randint(0, 99))
+                    for _ in range(rng.randint(2, 8))
+                ]
                 out.append("\n```python\n" + "\n".join(lines) + "\n```\n")
     if sentence:
         out.append(" ".join(sentence) + ".")
@@ -136,6 +149,20 @@ def _words(rng: random.Random, n: int) -> str:
 
 def _length(rng: random.Random, median: float, sigma: float) -> int:
     return max(2, min(1500, int(rng.lognormvariate(math.log(median), sigma))))
+
+
+def _quirks(rng: random.Random, text: str) -> str:
+    """What scraped chats carry and clean prose lacks: edge whitespace, emoji, a reply opening with code."""
+    r = rng.random()
+    if r < 0.04:
+        return "\n\n" + text
+    if r < 0.06:
+        return text + rng.choice([" ", "\n", "  "])
+    if r < 0.07:
+        return "🙂 " + text
+    if r < 0.08:
+        return "```\n" + text + "\n```"
+    return text
 
 
 def sharegpt_mix(n: int, seed: int = 0) -> list[dict]:
@@ -147,8 +174,8 @@ def sharegpt_mix(n: int, seed: int = 0) -> list[dict]:
         rounds = rng.choices(range(1, 11), rounds_weights)[0]
         turns = []
         for _ in range(rounds):
-            turns.append({"from": "human", "value": _words(rng, _length(rng, 18, 1.1))})
-            turns.append({"from": "gpt", "value": _words(rng, _length(rng, 110, 0.9))})
+            turns.append({"from": "human", "value": _quirks(rng, _words(rng, _length(rng, 18, 1.1)))})
+            turns.append({"from": "gpt", "value": _quirks(rng, _words(rng, _length(rng, 110, 0.9)))})
         records.append({"id": f"bench-{i}", "conversations": turns})
     return records
 
@@ -163,7 +190,9 @@ def load_llama_vocab(gguf: str | None):
     from llama_sft.data.tokenizer import prepare_tokenizer
 
     if (VOCAB_CACHE / "tokenizer.json").exists():
-        return prepare_tokenizer(AutoTokenizer.from_pretrained(str(VOCAB_CACHE))), f"LLaMA-2 32k SentencePiece ({VOCAB_CACHE})"
+        return prepare_tokenizer(
+            AutoTokenizer.from_pretrained(str(VOCAB_CACHE))
+        ), f"LLaMA-2 32k SentencePiece ({VOCAB_CACHE})"
     candidates = [Path(gguf)] if gguf else [p / GGUF_NAME for p in GGUF_PLACES]
     found = next((p for p in candidates if p.is_file()), None)
     if found is not None:
@@ -174,9 +203,10 @@ def load_llama_vocab(gguf: str | None):
     from llama_sft.tiny import build_tokenizer
 
     print(
-        f"NOTE: {GGUF_NAME} not found (pass --gguf PATH; it ships in the llama-cpp-python sdist under "
-        "vendor/llama.cpp/models/). Using the tiny 856-token test tokenizer: throughput numbers are NOT "
-        "representative of LLaMA's vocabulary.",
+        f"NOTE: {GGUF_NAME} not found in {[str(p.parent) for p in candidates]}. It ships in the llama-cpp-python "
+        "sdist (`pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36`, then "
+        "vendor/llama.cpp/models/ inside it); pass it with --gguf PATH. Using the tiny test tokenizer "
+        "instead: its throughput is NOT representative of LLaMA's 32k vocabulary.",
         file=sys.stderr,
     )
     return build_tokenizer(), "tiny test BPE (llama_sft.tiny; NOT LLaMA's vocab)"
@@ -197,7 +227,9 @@ def ours(tokenizer, max_length: int):
         return load_conversations(path, "sharegpt", template_name="vicuna_v1.1")[0]
 
     def encode(conversations):
-        return encode_with_report(conversations, template, tokenizer, max_length, "train_on_assistant", ValidationReport())
+        return encode_with_report(
+            conversations, template, tokenizer, max_length, "train_on_assistant", ValidationReport()
+        )
 
     return load, encode
 
@@ -223,11 +255,45 @@ def fastchat(tokenizer):
     return load, encode, warnings
 
 
-def timed(fn, arg):
+def our_stages(tokenizer, conversations):
+    """Our encode split into its stages, each timed alone on the same input: where the time goes."""
+    from llama_sft.data.encode import labels_from_offsets, supervised_spans
+    from llama_sft.data.templates import SpecialText, get_template
+
+    template, special = get_template("vicuna_v1.1"), SpecialText.from_tokenizer(tokenizer)
+    rendered = [template.render(c.messages, special=special) for c in conversations]
+    texts = [r.text for r in rendered]
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    pairs = list(zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True))
+    return {
+        "render (template -> text and spans)": lambda: [
+            template.render(c.messages, special=special) for c in conversations
+        ],
+        "tokenize (one batched call, ids and offsets)": lambda: tokenizer(
+            texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
+        ),
+        "labels (offsets -> labels)": lambda: [
+            labels_from_offsets(ids, off, supervised_spans(r, "train_on_assistant")) for r, ids, off in pairs
+        ],
+    }
+
+
+def timed(fn, *args):
+    """(output, wall seconds, CPU seconds of this process, all its threads)."""
     gc.collect()
-    start = time.perf_counter()
-    out = fn(arg)
-    return out, time.perf_counter() - start
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def summarize(n: int, samples: list[tuple[float, float]]) -> dict:
+    out = {}
+    for k, clock in enumerate(("wall", "cpu")):
+        seconds = [x[k] for x in samples]
+        median = statistics.median(seconds)
+        out |= {f"{clock}_median_s": round(median, 4), f"{clock}_conv_per_s": round(n / median, 1)}
+        out[f"{clock}_s"] = [round(x, 4) for x in seconds]
+    return out
 
 
 # --------------------------------------------------------------------------- agreement
@@ -244,117 +310,227 @@ def agreement(records, rows, fc_out, tokenizer, max_length: int) -> dict:
         row = by_id.get(rec["id"])
         if all(x == IGNORE for x in labels):
             if row is None:
-                counts["both_drop_no_reply_in_window"] += 1
+                counts["both drop it: no reply token within max_length"] += 1
             elif n < max_length:
-                counts["fastchat_tokenization_mismatch_excluded"] += 1
+                counts["excluded: FastChat 'tokenization mismatch' (masks it all)"] += 1
             else:
-                counts["fastchat_all_masked_truncated"] += 1
+                counts["FastChat masks all of a truncated conversation, we keep it"] += 1
             continue
         if row is None:
-            counts["we_drop_fastchat_keeps"] += 1
-            continue
-        if row["input_ids"] != ids:
-            counts["ids_differ"] += 1
-            continue
-        if row["labels"] == labels:
-            counts["identical"] += 1
-            continue
-        counts["labels_differ"] += 1
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        for k, (a, b) in enumerate(zip(row["labels"], labels)):
-            if a != b:
-                who = "we train, FastChat masks" if a != IGNORE else "FastChat trains, we mask"
-                key = f"{who}: {pieces[k]!r} after {pieces[max(k - 1, 0)]!r}"
-                reasons[key] += 1
-                examples.setdefault(key, f"{rec['id']} token {k}")
-    return {"counts": dict(counts), "label_differences": dict(reasons.most_common(12)), "examples": examples}
+            counts["we drop it (no reply token), FastChat keeps it"] += 1
+        elif row["input_ids"] != ids:
+            counts["input_ids differ"] += 1
+            k = next(
+                (k for k, (a, b) in enumerate(zip(row["input_ids"], ids, strict=False)) if a != b),
+                min(len(ids), len(row["input_ids"])),
+            )
+            examples.setdefault("input_ids differ", f"{rec['id']} first at token {k}")
+        elif row["labels"] == labels:
+            counts["identical input_ids and labels"] += 1
+        else:
+            counts["same input_ids, labels differ"] += 1
+            pieces = tokenizer.convert_ids_to_tokens(ids)
+            for k, (a, b) in enumerate(zip(row["labels"], labels, strict=True)):
+                if a != b:
+                    who = "we train, FastChat masks" if a != IGNORE else "FastChat trains, we mask"
+                    key = f"{who}: {pieces[k]!r} after {pieces[max(k - 1, 0)]!r}"
+                    reasons[key] += 1
+                    examples.setdefault(key, f"{rec['id']} token {k}")
+    compared = sum(v for k, v in counts.items() if not k.startswith(("excluded", "both drop")))
+    return {
+        "compared": compared,
+        "counts": dict(counts),
+        "label_differences": dict(reasons.most_common(12)),
+        "examples": examples,
+    }
 
 
 # --------------------------------------------------------------------------- report
 
 
 def machine() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     versions = {"python": platform.python_version()}
     for name in ("torch", "transformers", "tokenizers", "numpy", "fschat", "llama-sft"):
         try:
-            from importlib.metadata import version
-
             versions[name] = version(name)
-        except Exception:
+        except PackageNotFoundError:
             versions[name] = None
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip())
-    except OSError:
-        commit, dirty = None, None
+
+    def git(*cmd):
+        try:
+            return subprocess.run(
+                ["git", "-C", str(REPO), *cmd], capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
     return {
         "cpu": cpu,
         "cores_visible": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "versions": versions,
-        "git_commit": commit,
-        "src_modified": dirty,
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        # Uncommitted edits to the code measured here (the data pipeline), if any.
+        "local_changes": [
+            line.strip()
+            for line in (git("status", "--porcelain", "--", "src/llama_sft/data") or "").splitlines()
+        ],
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 
+def timing_table(result: dict) -> list[str]:
+    t, clock = result["timings"], result["clock"]
+    rows = [
+        ("file_to_rows", "file -> ids and labels (headline)"),
+        ("encode", "encode_with_report vs preprocess"),
+        ("load", "load: ours validates, FastChat json.load"),
+    ]
+    per = "conversations per CPU second" if clock == "cpu" else "conversations per second (wall)"
+    lines = [f"| stage ({per}) | llama-sft | FastChat | ratio |", "|---|---:|---:|---:|"]
+    for stage, label in rows:
+        ours_cps, fc_cps = (
+            t["ours"][stage][f"{clock}_conv_per_s"],
+            t.get("fastchat", {}).get(stage, {}).get(f"{clock}_conv_per_s"),
+        )
+        fc_txt, ratio = (f"{fc_cps:,.0f}", f"{ours_cps / fc_cps:.2f}") if fc_cps else ("n/a", "n/a")
+        lines.append(f"| {label} | {ours_cps:,.0f} | {fc_txt} | {ratio} |")
+    floor = t["ours_stages"]["tokenize (one batched call, ids and offsets)"][f"{clock}_conv_per_s"]
+    lines.append(f"| one tokenizer pass and nothing else (a floor) | {floor:,.0f} | | |")
+    return lines
+
+
+def stages_table(result: dict) -> list[str]:
+    t, key = result["timings"], f"{result['clock']}_median_s"
+    total = t["ours"]["file_to_rows"][key]
+    parts = {"load_conversations (read JSON, validate)": t["ours"]["load"][key]}
+    parts |= {k: v[key] for k, v in t["ours_stages"].items()}
+    rest = t["ours"]["encode"][key] - sum(v[key] for v in t["ours_stages"].values())
+    parts["rest of encode_with_report (Encoded, truncation, report, rows)"] = rest
+    lines = ["| our stage | seconds | share |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v:.3f} | {v / total:.0%} |" for k, v in parts.items()]
+    return lines
+
+
 def write_markdown(result: dict, path: Path) -> None:
-    m, d, t = result["machine"], result["data"], result["timings"]
+    m, d = result["machine"], result["data"]
     lines = [
         "# Preprocessing throughput: llama-sft vs FastChat",
         "",
-        f"`python benchmarks/preprocess.py` on {m['date']}, {m['cpu']}, {m['cores_usable']} usable cores, "
-        f"{result['threads']} thread(s) for both (RAYON_NUM_THREADS, torch), one process.",
+        f"`python benchmarks/preprocess.py`, {m['date']}: {m['cpu']}, {m['cores_usable']} usable cores "
+        f"(1-minute load average {m['load_average_1m_at_start']} at the start, {m['load_average_1m_at_end']} at the end: the machine is shared), one process, "
+        f"{result['threads']} thread(s) for both (RAYON_NUM_THREADS and torch).",
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; commit {m['git_commit']}"
-        + (" with local changes under src/" if m["src_modified"] else "") + ".",
+        + (f" plus uncommitted changes: {', '.join(m['local_changes'])}" if m["local_changes"] else "")
+        + ".",
         "",
-        f"Data: {d['conversations']} ShareGPT-like conversations (seed {d['seed']}), rounds {d['rounds']}, "
-        f"tokens per conversation p50 {d['tokens_p50']}, p90 {d['tokens_p90']}, max {d['tokens_max']}; "
-        f"{d['over_max_length']} exceed model_max_length {d['max_length']}. Tokenizer: {result['tokenizer']}.",
+        f"Data: {d['conversations']} generated ShareGPT-like conversations (seed {d['seed']}); rounds "
+        f"{d['rounds']}; tokens per conversation p50 {d['tokens_p50']}, p90 {d['tokens_p90']}, "
+        f"{d['truncated']} truncated at model_max_length {d['max_length']}. Tokenizer: {result['tokenizer']}.",
         "",
-        "| stage | llama-sft conv/s | FastChat conv/s | ratio |",
-        "|---|---:|---:|---:|",
+        f"## {result['threads']} thread(s)",
+        "",
+        *timing_table(result),
+        "",
+        f"Median of {result['repeats']} interleaved repeats; every timing, wall and CPU, is in preprocess.json."
+        + (
+            f" By wall time on this shared machine the ratios were {result['ratio']['wall']['file_to_rows']:.2f} "
+            f"(file -> rows) and {result['ratio']['wall']['encode']:.2f} (encode)."
+            if result.get("ratio") and result["clock"] == "cpu"
+            else ""
+        ),
+        "",
     ]
-    for stage, label in (("file_to_rows", "file -> ids and labels (headline)"), ("encode", "encode only vs `preprocess`"),
-                         ("load", "load (ours validates; FastChat `json.load`)")):
-        ours_cps, fc_cps = t["ours"][stage]["conv_per_s"], (t.get("fastchat") or {}).get(stage, {}).get("conv_per_s")
-        ratio = f"{ours_cps / fc_cps:.2f}" if fc_cps else "n/a"
-        lines.append(f"| {label} | {ours_cps:,.0f} | {f'{fc_cps:,.0f}' if fc_cps else 'n/a'} | {ratio} |")
-    lines += ["", f"Median of {result['repeats']} interleaved repeats; every timing (seconds) is in preprocess.json.", ""]
+    lines += ["Where our time goes (medians, same run):", "", *stages_table(result), ""]
+    for extra in result.get("more_threads", []):
+        em = extra["machine"]
+        lines += [
+            f"## {extra['threads']} threads (same data, a fresh process)",
+            "",
+            *timing_table(extra),
+            "",
+            f"Wall time, 1-minute load average {em['load_average_1m_at_start']} at the start and "
+            f"{em['load_average_1m_at_end']} at the end: where that exceeds the free cores, the extra thread "
+            "had no core to run on and this table says little.",
+            "",
+        ]
     if result.get("agreement"):
         a = result["agreement"]
-        lines += ["## Agreement with FastChat", "", "| outcome | conversations |", "|---|---:|"]
+        lines += [
+            "## Agreement with FastChat",
+            "",
+            f"Compared: {a['compared']} of {d['conversations']}.",
+            "",
+            "| outcome | conversations |",
+            "|---|---:|",
+        ]
         lines += [f"| {k} | {v} |" for k, v in sorted(a["counts"].items())]
-        lines += ["", f"FastChat's own warnings: {result['fastchat_warnings']} 'tokenization mismatch'.", ""]
+        lines += [
+            "",
+            f"FastChat's own 'tokenization mismatch' warnings in one run: {result['fastchat_mismatch_warnings']}.",
+            "",
+        ]
         if a["label_differences"]:
-            lines += ["Label differences, by token:", "", "| difference | tokens |", "|---|---:|"]
+            lines += ["| label difference | tokens |", "|---|---:|"]
             lines += [f"| {k} | {v} |" for k, v in a["label_differences"].items()]
             lines.append("")
-    lines += [f"Shims applied to FastChat: {'; '.join(result['shims']) or 'none'}.", ""]
-    path.write_text("\n".join(lines))
+    lines += ["## FastChat shims (in the benchmark process only)", ""] + [
+        f"- {s}" for s in result["shims"] or ["none"]
+    ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------- main
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small run (well under 3 minutes on CPU); writes no results")
-    p.add_argument("--conversations", type=int, default=None, help="how many conversations (default 600 quick, 4000 full)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per pipeline, interleaved (default 2 quick, 5 full)")
-    p.add_argument("--threads", type=int, default=1, help="threads for the Rust tokenizer and torch, same for both")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="small run (well under 3 minutes on CPU); writes no results"
+    )
+    p.add_argument(
+        "--conversations",
+        type=int,
+        default=None,
+        help="how many conversations (default 800 quick, 4000 full)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed repeats per pipeline, interleaved (default 2 quick, 5 full)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="threads for the Rust tokenizer and torch, the same for both"
+    )
     p.add_argument("--max-length", type=int, default=2048, help="model_max_length for both pipelines")
     p.add_argument("--seed", type=int, default=0, help="data seed")
-    p.add_argument("--gguf", default=None, help=f"path to {GGUF_NAME} if it is not cached yet")
-    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=None,
-                   help="write benchmarks/results/preprocess.{json,md} (default: on for full runs, off for --quick)")
-    p.add_argument("--profile", action="store_true", help="also cProfile our encode stage and print the top functions")
+    p.add_argument(
+        "--gguf", default=None, help=f"path to {GGUF_NAME} if the converted vocab is not cached yet"
+    )
+    p.add_argument(
+        "--save",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write benchmarks/results/preprocess.{json,md} (default: on for full runs, off for --quick); "
+        "a saved run also repeats the timings with every usable core in a fresh process",
+    )
+    p.add_argument("--json-out", default=None, help="also write the result JSON here")
+    p.add_argument(
+        "--profile", action="store_true", help="cProfile our encode stage once and print the top functions"
+    )
     return p.parse_args(argv)
 
 
@@ -364,73 +540,77 @@ def maybe_reexec() -> None:
         return
     python = BENCH_VENV / "bin" / "python"
     if python.exists():
-        print(f"fastchat not importable here; re-running under {python}", file=sys.stderr)
+        print(f"fastchat is not importable here; re-running under {python}", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os.execve(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]], {**os.environ, REEXEC_FLAG: "1"})
+        os.execve(
+            str(python),
+            [str(python), str(Path(__file__).resolve()), *sys.argv[1:]],
+            {**os.environ, REEXEC_FLAG: "1"},
+        )
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    maybe_reexec()
-    # Before anything imports tokenizers or torch: same thread pool sizes for both pipelines.
-    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(REPO / "src"))
-    import numpy as np
+def measure(args, n: int, repeats: int) -> dict:
     import torch
+    import transformers
 
+    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     torch.set_num_threads(args.threads)
-    n = args.conversations or (600 if args.quick else 4000)
-    repeats = args.repeats or (2 if args.quick else 5)
-    save = (not args.quick) if args.save is None else args.save
+    transformers.logging.set_verbosity_error()  # "sequence longer than model_max_length": expected here
     has_fastchat = importlib.util.find_spec("fastchat") is not None
     if not has_fastchat:
         print(BENCH_ENV_HELP, file=sys.stderr)
-
     tokenizer, tok_desc = load_llama_vocab(args.gguf)
-    tokenizer.pad_token = tokenizer.unk_token  # FastChat's train() does this; our labels never look at padding
+    tokenizer.pad_token = tokenizer.unk_token  # as FastChat's train() does; our labels never look at padding
     tokenizer.model_max_length = args.max_length
     tokenizer.padding_side = "right"
     records = sharegpt_mix(n, args.seed)
     work = Path(tempfile.mkdtemp(prefix="llama-sft-bench-"))
-    data_path = work / "sharegpt.json"
+    data_path, warm_path = work / "sharegpt.json", work / "warm.json"
     data_path.write_text(json.dumps(records))
+    warm_path.write_text(json.dumps(records[:20]))
 
-    our_load, our_encode = ours(tokenizer, args.max_length)
-    pipelines = {"ours": (our_load, our_encode)}
-    shims, fc_warnings = [], None
+    pipelines = {"ours": ours(tokenizer, args.max_length)}
+    shims, fc_warnings = [], []
     if has_fastchat:
         fc_load, fc_encode, fc_warnings = fastchat(tokenizer)
         pipelines["fastchat"] = (fc_load, fc_encode)
-        shims = ["tokenizer.legacy = True (attribute gone in transformers 5; Meta's legacy normalization is what we use)",
-                 "rank0_print records messages (FastChat prints only when local_rank == 0)"]
-    # Warm-up on a few records, so one-time costs (imports, first tokenizer call) are not timed.
-    warm = work / "warm.json"
-    warm.write_text(json.dumps(records[:20]))
-    for load, encode in pipelines.values():
-        encode(load(warm))
+        shims = [
+            "`tokenizer.legacy = True`: fastchat 0.2.36 reads this attribute of transformers 4's LlamaTokenizer, "
+            "which transformers 5's tokenizer classes no longer have; True describes the vocab as prepared "
+            "(Meta's normalization, a '▁' after special tokens)",
+            "`fastchat.train.train.rank0_print` records its messages instead of printing only on local_rank 0, "
+            "so 'tokenization mismatch' warnings are counted",
+        ]
+    for load, encode in pipelines.values():  # warm-up: imports and first calls are not timed
+        encode(load(warm_path))
 
     times = {name: {"load": [], "encode": []} for name in pipelines}
-    outputs = {}
+    outputs, mismatch_warnings = {}, 0
+    stages = our_stages(tokenizer, pipelines["ours"][0](data_path))
+    stage_times = {k: [] for k in stages}
     for r in range(repeats):
         for name, (load, encode) in pipelines.items():
-            loaded, t_load = timed(load, data_path)
-            out, t_enc = timed(encode, loaded)
+            before = len(fc_warnings)
+            loaded, *t_load = timed(load, data_path)
+            outputs[name], *t_enc = timed(encode, loaded)
+            mismatch_warnings = sum("tokenization mismatch" in w for w in fc_warnings[before:])
             times[name]["load"].append(t_load)
             times[name]["encode"].append(t_enc)
-            outputs[name] = out
-            print(f"repeat {r + 1}/{repeats} {name:8s} load {t_load:7.3f}s  encode {t_enc:7.3f}s", file=sys.stderr)
-            del loaded, out
+            del loaded
+            print(
+                f"[{args.threads} thread(s)] repeat {r + 1}/{repeats} {name:8s} load {t_load[0]:7.3f}s "
+                f"encode {t_enc[0]:7.3f}s wall, {t_enc[1]:7.3f}s CPU",
+                file=sys.stderr,
+                flush=True,
+            )
+        for k, fn in stages.items():
+            stage_times[k].append(timed(fn)[1:])
 
-    timings = {}
+    timings = {"ours_stages": {k: summarize(n, v) for k, v in stage_times.items()}}
     for name, t in times.items():
-        load_s, enc_s = statistics.median(t["load"]), statistics.median(t["encode"])
-        timings[name] = {
-            "load": {"median_s": load_s, "conv_per_s": n / load_s, "all_s": t["load"]},
-            "encode": {"median_s": enc_s, "conv_per_s": n / enc_s, "all_s": t["encode"]},
-            "file_to_rows": {"median_s": load_s + enc_s, "conv_per_s": n / (load_s + enc_s)},
-        }
-
+        timings[name] = {"load": summarize(n, t["load"]), "encode": summarize(n, t["encode"])}
+        both = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(t["load"], t["encode"], strict=True)]
+        timings[name]["file_to_rows"] = summarize(n, both)
     rows, stats = outputs["ours"]
     lengths = sorted(len(r["input_ids"]) for r in rows)
     rounds = Counter(len(r["conversations"]) // 2 for r in records)
@@ -439,44 +619,105 @@ def main(argv=None) -> int:
         "seed": args.seed,
         "max_length": args.max_length,
         "rounds": {k: rounds[k] for k in sorted(rounds)},
-        "tokens_p50": int(np.percentile(lengths, 50)),
-        "tokens_p90": int(np.percentile(lengths, 90)),
-        "tokens_max": int(lengths[-1]),
-        "over_max_length": stats.truncated,
-        "rows_kept_by_us": len(rows),
+        "tokens_p50": lengths[len(lengths) // 2],
+        "tokens_p90": lengths[int(len(lengths) * 0.9)],
+        "tokens_total": stats.tokens,
+        "truncated": stats.truncated,
+        "kept_by_us": len(rows),
     }
-    result = {"quick": args.quick, "threads": args.threads, "repeats": repeats, "tokenizer": tok_desc,
-              "machine": machine(), "data": data, "timings": timings, "shims": shims}
+    result = {
+        "quick": args.quick,
+        "threads": args.threads,
+        # One thread: CPU time, which other processes on a shared machine barely disturb (it is the
+        # wall time of an idle core). More threads: wall time, as CPU time adds the threads up.
+        "clock": "cpu" if args.threads == 1 else "wall",
+        "repeats": repeats,
+        "tokenizer": tok_desc,
+        "machine": machine() | {"load_average_1m_at_start": load_at_start},
+        "data": data,
+        "timings": timings,
+        "shims": shims,
+    }
     if has_fastchat:
         result["agreement"] = agreement(records, rows, outputs["fastchat"], tokenizer, args.max_length)
-        result["fastchat_warnings"] = sum("tokenization mismatch" in w for w in fc_warnings) // repeats
-        result["ratio"] = {s: timings["ours"][s]["conv_per_s"] / timings["fastchat"][s]["conv_per_s"]
-                           for s in ("file_to_rows", "encode", "load")}
-
+        result["fastchat_mismatch_warnings"] = mismatch_warnings
+        result["ratio"] = {
+            clock: {
+                s: round(
+                    timings["ours"][s][f"{clock}_conv_per_s"] / timings["fastchat"][s][f"{clock}_conv_per_s"],
+                    3,
+                )
+                for s in ("file_to_rows", "encode", "load")
+            }
+            for clock in ("cpu", "wall")
+        }
     if args.profile:
         import cProfile
         import pstats
 
-        conversations = our_load(data_path)
+        conversations = pipelines["ours"][0](data_path)
         profiler = cProfile.Profile()
-        profiler.runcall(our_encode, conversations)
+        profiler.runcall(pipelines["ours"][1], conversations)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+    return result
 
+
+def more_threads(args, n: int, repeats: int, threads: int) -> dict:
+    """The same measurement with more threads: a fresh process, as Rayon sizes its pool once."""
+    out = Path(tempfile.mkdtemp(prefix="llama-sft-bench-")) / "threads.json"
+    flags = {
+        "--threads": threads,
+        "--conversations": n,
+        "--repeats": repeats,
+        "--seed": args.seed,
+        "--max-length": args.max_length,
+        "--json-out": out,
+    }
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--no-save",
+        *(str(x) for kv in flags.items() for x in kv),
+    ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, REEXEC_FLAG: "1"})
+    return json.loads(out.read_text())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    maybe_reexec()
+    # Before anything imports tokenizers: the same Rayon pool size for both pipelines.
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(REPO / "src"))
+    n = args.conversations or (800 if args.quick else 4000)
+    repeats = args.repeats or (2 if args.quick else 5)
+    save = (not args.quick) if args.save is None else args.save
+
+    result = measure(args, n, repeats)
+    cores = result["machine"]["cores_usable"] or 1
+    if save and cores > args.threads:
+        result["more_threads"] = [more_threads(args, n, repeats, cores)]
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     if save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "preprocess.json").write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / "preprocess.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         write_markdown(result, RESULTS / "preprocess.md")
-        print(f"wrote {RESULTS / 'preprocess.json'} and preprocess.md", file=sys.stderr)
+        print(f"wrote {RESULTS / 'preprocess.json'} and {RESULTS / 'preprocess.md'}", file=sys.stderr)
 
-    print(json.dumps({"data": data, "agreement": result.get("agreement", {}).get("counts")}))
-    for name, t in timings.items():
-        print(f"{name:8s} file->rows {t['file_to_rows']['conv_per_s']:9,.0f} conv/s   encode {t['encode']['conv_per_s']:9,.0f} conv/s"
-              f"   load {t['load']['conv_per_s']:9,.0f} conv/s")
-    if has_fastchat:
-        print(f"encode-stage ratio vs FastChat: {result['ratio']['encode']:.2f}")
-        print(f"conversations/s ratio vs FastChat: {result['ratio']['file_to_rows']:.2f}")
+    print("\n".join(timing_table(result)))
+    if "agreement" in result:
+        clock, ratio = result["clock"], result["ratio"]
+        other = "wall" if clock == "cpu" else "cpu"
+        print(f"agreement with FastChat: {json.dumps(result['agreement']['counts'])}")
+        print(
+            f"ratios by {other} time: file->rows {ratio[other]['file_to_rows']:.2f}, encode {ratio[other]['encode']:.2f}"
+        )
+        print(f"encode-stage ratio vs FastChat: {ratio[clock]['encode']:.2f}")
+        print(f"conversations/s ratio vs FastChat: {ratio[clock]['file_to_rows']:.2f}")
     else:
-        print("conversations/s ratio vs FastChat: n/a (fastchat not installed; see above)")
+        print("conversations/s ratio vs FastChat: n/a (fastchat not installed; see the note above)")
     return 0
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .encode import IGNORE_INDEX, encode_conversations
+from .encode import encode_conversations
 from .issues import DataError, Issue, ValidationReport
 from .messages import Conversation
 from .templates import Template
@@ -96,7 +96,7 @@ def encode_with_report(
                 stats.truncated += 1
                 report.add(Issue(file, index, "truncated", f"{enc.full_length} tokens > model_max_length {max_length}",
                                  record_id=conv.id, severity="warning"))
-            n_sup = sum(1 for x in enc.labels if x != IGNORE_INDEX)
+            n_sup = enc.n_supervised
             if n_sup == 0:
                 stats.dropped_no_supervised += 1
                 report.add(Issue(file, index, "no_supervised_tokens",

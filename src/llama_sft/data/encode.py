@@ -9,8 +9,10 @@ is trained even when pad == eos.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -27,7 +29,8 @@ class Encoded:
     labels: list[int]
     text: str
     full_length: int  # tokens before truncation
-    boundary_tokens: int = 0  # tokens that straddle a prompt/reply boundary (prompt tokenizes differently alone)
+    # Tokens that straddle a prompt/reply boundary (the prompt tokenizes differently alone).
+    boundary_tokens: int = 0
 
     @property
     def truncated(self) -> bool:
@@ -35,7 +38,7 @@ class Encoded:
 
     @property
     def n_supervised(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 def supervised_spans(rendered: Rendered, strategy: str) -> tuple[tuple[int, int], ...]:
@@ -48,11 +51,42 @@ def supervised_spans(rendered: Rendered, strategy: str) -> tuple[tuple[int, int]
     raise ValueError(f"unknown masking strategy {strategy!r}; choose from {STRATEGIES}")
 
 
-def labels_from_offsets(ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans) -> tuple[list[int], int]:
+_START, _END = itemgetter(0), itemgetter(1)
+
+
+def labels_from_offsets(
+    ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans
+) -> tuple[list[int], int]:
     """Label each token by where it starts; also count tokens that straddle a span's start."""
-    ids_arr = np.asarray(ids, dtype=np.int64)
-    if len(ids_arr) == 0:
+    if len(ids) == 0:
         return [], 0
+    # Plain lists of Python ints, as tokenizers return them (so labels hold Python ints either way).
+    if isinstance(ids, list) and type(ids[0]) is int and isinstance(offsets, list) and _ordered(offsets):
+        return _labels_ordered(ids, offsets, spans)
+    return _labels_any(ids, offsets, spans)
+
+
+def _ordered(offsets: list) -> bool:
+    # sorted() is stable, so it returns the list unchanged exactly when the keys never decrease.
+    return sorted(offsets, key=_START) == offsets and sorted(offsets, key=_END) == offsets
+
+
+def _labels_ordered(ids: list[int], offsets: list, spans) -> tuple[list[int], int]:
+    """The common case, starts and ends both non-decreasing: each span is one slice of tokens,
+    found by bisection, and its straddlers are the run just before it whose ends pass its start.
+    Equal to `_labels_any` for such offsets, at a fraction of the cost (no per-token Python)."""
+    labels = [IGNORE_INDEX] * len(ids)
+    straddle = 0
+    for s, e in spans:
+        first = bisect_left(offsets, s, key=_START)  # first token starting at or after s
+        stop = bisect_left(offsets, e, lo=first, key=_START) if e > s else first
+        labels[first:stop] = ids[first:stop]
+        straddle += first - bisect_right(offsets, s, hi=first, key=_END)  # start < s < end
+    return labels, straddle
+
+
+def _labels_any(ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans) -> tuple[list[int], int]:
+    ids_arr = np.asarray(ids, dtype=np.int64)
     off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     starts, ends = off[:, 0], off[:, 1]
     supervised = np.zeros(len(ids_arr), dtype=bool)
@@ -66,7 +100,9 @@ def labels_from_offsets(ids: Sequence[int], offsets: Sequence[tuple[int, int]], 
 def check_bos(ids: Sequence[int], tokenizer, text: str) -> None:
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
-        raise TemplateError(f"BOS appears twice at the start of {text[:40]!r}: the template and the data both add it")
+        raise TemplateError(
+            f"BOS appears twice at the start of {text[:40]!r}: the template and the data both add it"
+        )
 
 
 def encode_conversations(
@@ -82,9 +118,10 @@ def encode_conversations(
     texts = [r.text for r in rendered]
     if not texts:
         return []
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    # Only ids and offsets: skipping the attention mask saves a Python list per conversation.
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
     out = []
-    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
         check_bos(ids, tokenizer, r.text)
         labels, straddle = labels_from_offsets(ids, offsets, supervised_spans(r, strategy))
         full = len(ids)
@@ -94,6 +131,11 @@ def encode_conversations(
     return out
 
 
-def encode_conversation(conversation: Conversation, template: Template, tokenizer, max_length: int | None = None,
-                        strategy: str = "train_on_assistant") -> Encoded:
+def encode_conversation(
+    conversation: Conversation,
+    template: Template,
+    tokenizer,
+    max_length: int | None = None,
+    strategy: str = "train_on_assistant",
+) -> Encoded:
     return encode_conversations([conversation], template, tokenizer, max_length, strategy)[0]

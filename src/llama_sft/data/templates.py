@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,20 +48,31 @@ class SpecialText:
         return cls(bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "")
 
 
-def _fill(fmt: str, special: SpecialText, content: str = "", system: str = "") -> str:
-    # Substitute placeholders one pass, so braces or placeholders inside content stay literal.
-    out, i = [], 0
-    values = {"{content}": content, "{system}": system, "{bos}": special.bos, "{eos}": special.eos}
+@functools.lru_cache(maxsize=256)
+def _pieces(fmt: str) -> tuple[str, ...]:
+    """A format string split into literal runs and placeholders (parsed once per format)."""
+    out, i, literal = [], 0, []
     while i < len(fmt):
         for ph in PLACEHOLDERS:
             if fmt.startswith(ph, i):
-                out.append(values[ph])
+                if literal:
+                    out.append("".join(literal))
+                    literal = []
+                out.append(ph)
                 i += len(ph)
                 break
         else:
-            out.append(fmt[i])
+            literal.append(fmt[i])
             i += 1
-    return "".join(out)
+    if literal:
+        out.append("".join(literal))
+    return tuple(out)
+
+
+def _fill(fmt: str, special: SpecialText, content: str = "", system: str = "") -> str:
+    # Substitute placeholders in one pass, so braces or placeholders inside content stay literal.
+    values = {"{content}": content, "{system}": system, "{bos}": special.bos, "{eos}": special.eos}
+    return "".join(values.get(piece, piece) for piece in _pieces(fmt))
 
 
 @dataclass(frozen=True)
