@@ -87,6 +87,12 @@ class SFTTrainingArguments(TrainingArguments):
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (transformers name)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: our collator reads its own columns."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "group_by_length (default: similar lengths share a batch, less padding), random, "
+                  "sequential or batch_rebalance. Length grouping orders each mega-batch of 50 batches by "
+                  "length; on small, very uniform datasets use random."},
+    )
     global_batch_size: int | None = field(
         default=None,
         metadata={"help": "Optional total batch; gradient_accumulation_steps is derived as global / (per_device * world)."},

@@ -126,7 +126,7 @@ def eval_loss(model, tokenizer, template, held: list[Example]) -> float:
     return round(float(loss / (labels != -100).sum()), 4)
 
 
-def run_demo(output_dir: str | Path = "runs/demo", epochs: float = 3.0, seed: int = 0, n_train: int = 2400,
+def run_demo(output_dir: str | Path = "runs/demo", epochs: float = 4.0, seed: int = 0, n_train: int = 2400,
              extra_flags: list[str] | None = None) -> dict:
     import torch
     from rich.console import Console
@@ -173,6 +173,9 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs: float = 3.0, seed: in
         "--lr_scheduler_type", "cosine", "--warmup_steps", "20", "--weight_decay", "0.0", "--logging_steps", "10",
         "--eval_strategy", "epoch", "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
         "--data_cache_dir", str(out / "cache"),
+        # Each skill has its own length, so length-grouped batches would hold one skill at a time and
+        # the model would forget the others between them: shuffle instead.
+        "--train_sampling_strategy", "random",
         *(extra_flags or []),
     ]
     summary = train(parse_run_config(flags))

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
                               "dataset, fine-tune on CPU, and compare held-out loss and exact-match answers before and "
                               "after. Nothing is downloaded.")
     p.add_argument("--output_dir", default="runs/demo")
-    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n_train", type=int, default=2400, help="training conversations to generate")
     p.set_defaults(func=cmd_demo)

@@ -84,8 +84,6 @@ def train(run: RunConfig) -> dict:
                  len(report.warnings), len(report.skipped_ids))
         for severity, reason, count, examples in report.summary_rows():
             log.info("  %s %s: %d (e.g. %s)", severity, reason, count, "; ".join(examples))
-    if run.data.packing == "padded" and t.train_sampling_strategy == "random":
-        t.train_sampling_strategy = "group_by_length"  # similar lengths together: less padding
     for note in run.notes:
         log.warning(note)
     if t.dataloader_pin_memory and not __import__("torch").cuda.is_available():
