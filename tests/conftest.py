@@ -42,7 +42,9 @@ def write_json(tmp_path):
     def write(name: str, records, jsonl: bool | None = None):
         path = tmp_path / name
         if jsonl if jsonl is not None else name.endswith(".jsonl"):
-            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+            path.write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+            )
         else:
             path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
         return path
@@ -58,9 +60,15 @@ def make_sharegpt_records(n: int = 48, seed: int = 0) -> list[dict]:
     records = []
     for i in range(n):
         k = rng.randint(1, 99)
-        turns = [{"from": "human", "value": f"Convert {k} km to metres."}, {"from": "gpt", "value": f"{k} km is {k}000 m."}]
+        turns = [
+            {"from": "human", "value": f"Convert {k} km to metres."},
+            {"from": "gpt", "value": f"{k} km is {k}000 m."},
+        ]
         if i % 3 == 0:
-            turns += [{"from": "human", "value": "And in centimetres?"}, {"from": "gpt", "value": f"{k}00000 cm."}]
+            turns += [
+                {"from": "human", "value": "And in centimetres?"},
+                {"from": "gpt", "value": f"{k}00000 cm."},
+            ]
         records.append({"id": f"conv_{i}", "conversations": turns})
     return records
 

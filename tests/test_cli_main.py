@@ -15,7 +15,8 @@ def test_help_lists_every_command(capsys):
 
 
 def test_deepspeed_launcher_local_rank_is_taken_out(monkeypatch):
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "unset-me")  # registers the variable, so teardown restores it
+    monkeypatch.delenv("LOCAL_RANK")
     assert strip_local_rank(["--local_rank=3", "train", "--lora_r", "8"]) == ["train", "--lora_r", "8"]
     assert os.environ["LOCAL_RANK"] == "3"
     assert strip_local_rank(["train", "--local_rank", "1", "--x"]) == ["train", "--x"]

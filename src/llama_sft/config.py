@@ -24,9 +24,10 @@ METHODS = ("full", "lora", "qlora")
 ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
 PACKING = ("none", "padded", "packed")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-FLAG_ALIASES = {"--evaluation_strategy": "--eval_strategy", "--gradient_checkpoint": "--gradient_checkpointing"}
-
-
+FLAG_ALIASES = {
+    "--evaluation_strategy": "--eval_strategy",
+    "--gradient_checkpoint": "--gradient_checkpointing",
+}
 
 
 def _help(text: str, **kw) -> Any:
@@ -36,34 +37,66 @@ def _help(text: str, **kw) -> Any:
 @dataclass
 class ModelConfig:
     model_name_or_path: str = _help("Hub id or local directory of the base model.", default="")
-    trust_remote_code: bool = _help("Run code shipped with the model. Off unless you trust the source.", default=False)
+    trust_remote_code: bool = _help(
+        "Run code shipped with the model. Off unless you trust the source.", default=False
+    )
     flash_attn: bool = _help("Use flash_attention_2 (needs the flash-attn package and a GPU).", default=False)
-    attn_implementation: str | None = _help("sdpa, eager or flash_attention_2; default: sdpa, or FA2 with --flash_attn.", default=None)
-    torch_dtype: str = _help("Weights dtype: auto, bfloat16, float16 or float32 (auto follows --bf16/--fp16).", default="auto")
-    rope_scaling_type: str | None = _help(f"RoPE scaling for longer contexts: {', '.join(ROPE_TYPES)}.", default=None)
+    attn_implementation: str | None = _help(
+        "sdpa, eager or flash_attention_2; default: sdpa, or FA2 with --flash_attn.", default=None
+    )
+    torch_dtype: str = _help(
+        "Weights dtype: auto, bfloat16, float16 or float32 (auto follows --bf16/--fp16).", default="auto"
+    )
+    rope_scaling_type: str | None = _help(
+        f"RoPE scaling for longer contexts: {', '.join(ROPE_TYPES)}.", default=None
+    )
     rope_scaling_factor: float | None = _help(
-        "RoPE scaling factor; default ceil(model_max_length / max_position_embeddings) when that is > 1.", default=None
+        "RoPE scaling factor; default ceil(model_max_length / max_position_embeddings) when that is > 1.",
+        default=None,
     )
 
 
 @dataclass
 class DataConfig:
-    data_path: list[str] | None = _help("Training data: JSON/JSONL/parquet files or dataset dirs (one or more).", default=None)
+    data_path: list[str] | None = _help(
+        "Training data: JSON/JSONL/parquet files or dataset dirs (one or more).", default=None
+    )
     eval_data_path: list[str] | None = _help("Evaluation data, same formats.", default=None)
-    eval_ratio: float = _help("Hold out this share of the training data for eval when no eval_data_path.", default=0.0)
+    eval_ratio: float = _help(
+        "Hold out this share of the training data for eval when no eval_data_path.", default=0.0
+    )
     data_format: str = _help("auto (per record), sharegpt, openai or alpaca.", default="auto")
-    conv_template: str = _help("Chat template: a built-in name (see `llama-sft templates`), 'tokenizer', or a .yaml/.jinja file.",
-                               default="vicuna_v1.1")
-    model_max_length: int = _help("Longest sequence in tokens; longer conversations are truncated (and counted).", default=2048)
-    masking: str = _help("What to learn: train_on_assistant (every reply), train_on_last (last reply), train_on_all.",
-                         default="train_on_assistant")
-    packing: str = _help("Batching: none (pad to model_max_length, like FastChat), padded (to the longest in a batch), "
-                         "packed (several conversations per row, no cross-attention).", default="padded")
-    lazy_preprocess: bool = _help("Accepted for FastChat compatibility; data is always tokenized once and cached.", default=False)
-    skip_bad: bool = _help("Skip records with errors instead of stopping (they are counted and reported).", default=False)
-    strict: bool = _help("Treat repairs (dropped leading assistant / trailing user turns) as errors.", default=False)
-    preprocess_num_workers: int = _help("Processes for tokenization of large files (1 = in process).", default=1)
-    data_cache_dir: str | None = _help("Where tokenized data is cached (default ~/.cache/llama-sft/data).", default=None)
+    conv_template: str = _help(
+        "Chat template: a built-in name (see `llama-sft templates`), 'tokenizer', or a .yaml/.jinja file.",
+        default="vicuna_v1.1",
+    )
+    model_max_length: int = _help(
+        "Longest sequence in tokens; longer conversations are truncated (and counted).", default=2048
+    )
+    masking: str = _help(
+        "What to learn: train_on_assistant (every reply), train_on_last (last reply), train_on_all.",
+        default="train_on_assistant",
+    )
+    packing: str = _help(
+        "Batching: none (pad to model_max_length, like FastChat), padded (to the longest in a batch), "
+        "packed (several conversations per row, no cross-attention).",
+        default="padded",
+    )
+    lazy_preprocess: bool = _help(
+        "Accepted for FastChat compatibility; data is always tokenized once and cached.", default=False
+    )
+    skip_bad: bool = _help(
+        "Skip records with errors instead of stopping (they are counted and reported).", default=False
+    )
+    strict: bool = _help(
+        "Treat repairs (dropped leading assistant / trailing user turns) as errors.", default=False
+    )
+    preprocess_num_workers: int = _help(
+        "Processes for tokenization of large files (1 = in process).", default=1
+    )
+    data_cache_dir: str | None = _help(
+        "Where tokenized data is cached (default ~/.cache/llama-sft/data).", default=None
+    )
 
 
 @dataclass
@@ -72,10 +105,14 @@ class LoraConfig:
     lora_r: int = _help("LoRA rank.", default=8)
     lora_alpha: int = _help("LoRA alpha (scale = alpha / r).", default=16)
     lora_dropout: float = _help("Dropout on the LoRA input.", default=0.05)
-    lora_target_modules: list[str] = _help("Modules to adapt (space or comma separated).", default_factory=lambda: list(DEFAULT_TARGETS))
+    lora_target_modules: list[str] = _help(
+        "Modules to adapt (space or comma separated).", default_factory=lambda: list(DEFAULT_TARGETS)
+    )
     lora_weight_path: str = _help("Start from an existing adapter directory.", default="")
     lora_bias: str = _help("none, all or lora_only.", default="none")
-    q_lora: bool = _help("QLoRA: load the base in 4-bit NF4 (bitsandbytes) and train LoRA on top.", default=False)
+    q_lora: bool = _help(
+        "QLoRA: load the base in 4-bit NF4 (bitsandbytes) and train LoRA on top.", default=False
+    )
     use_dora: bool = _help("DoRA (weight-decomposed LoRA).", default=False)
 
 
@@ -83,19 +120,27 @@ class LoraConfig:
 class SFTTrainingArguments(TrainingArguments):
     """transformers' TrainingArguments with defaults for SFT (every field is a flag)."""
 
-    output_dir: str | None = field(default="runs/llama-sft", metadata={"help": "Where checkpoints and the run record go."})
+    output_dir: str | None = field(
+        default="runs/llama-sft", metadata={"help": "Where checkpoints and the run record go."}
+    )
     optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (transformers name)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: our collator reads its own columns."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: our collator reads its own columns."}
+    )
     train_sampling_strategy: str = field(
         default="group_by_length",
-        metadata={"help": "group_by_length (default: similar lengths share a batch, less padding), random, "
-                  "sequential or batch_rebalance. Length grouping orders each mega-batch of 50 batches by "
-                  "length; on small, very uniform datasets use random."},
+        metadata={
+            "help": "group_by_length (default: similar lengths share a batch, less padding), random, "
+            "sequential or batch_rebalance. Length grouping orders each mega-batch of 50 batches by "
+            "length; on small, very uniform datasets use random."
+        },
     )
     global_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Optional total batch; gradient_accumulation_steps is derived as global / (per_device * world)."},
+        metadata={
+            "help": "Optional total batch; gradient_accumulation_steps is derived as global / (per_device * world)."
+        },
     )
 
 
@@ -111,7 +156,11 @@ class DistributedConfig:
 
 
 SECTIONS: dict[str, type] = {
-    "model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "training": SFTTrainingArguments, "distributed": DistributedConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "lora": LoraConfig,
+    "training": SFTTrainingArguments,
+    "distributed": DistributedConfig,
 }
 PARSED = (ModelConfig, DataConfig, LoraConfig, SFTTrainingArguments)
 
@@ -184,8 +233,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         training = {k: v for k, v in self.training.to_dict().items() if not k.startswith("_")}
-        return {"model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
-                "lora": dataclasses.asdict(self.lora), "training": training}
+        return {
+            "model": dataclasses.asdict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "lora": dataclasses.asdict(self.lora),
+            "training": training,
+        }
 
     def validate(self, world_size: int = 1, max_position_embeddings: int | None = None) -> RunConfig:
         """Cross-field rules, before any weights are loaded. Resolves derived values in place."""
@@ -194,8 +247,10 @@ class RunConfig:
         m, d, lora, t = self.model, self.data, self.lora, self.training
         if lora.q_lora:
             if lora.method == "full":
-                raise ConfigError("--q_lora True with --method full: QLoRA trains adapters on a 4-bit base; use --method qlora "
-                                  "(or drop --q_lora for full fine-tuning).")
+                raise ConfigError(
+                    "--q_lora True with --method full: QLoRA trains adapters on a 4-bit base; use --method qlora "
+                    "(or drop --q_lora for full fine-tuning)."
+                )
             lora.method = "qlora"
         if lora.method not in METHODS:
             raise ConfigError(f"--method {lora.method!r}: choose one of {', '.join(METHODS)}")
@@ -203,9 +258,13 @@ class RunConfig:
         if lora.lora_bias not in ("none", "all", "lora_only"):
             raise ConfigError(f"--lora_bias {lora.lora_bias!r}: choose none, all or lora_only")
         if not d.data_path:
-            raise ConfigError("no training data: pass --data_path FILE (JSON/JSONL/parquet in ShareGPT, OpenAI or Alpaca form)")
+            raise ConfigError(
+                "no training data: pass --data_path FILE (JSON/JSONL/parquet in ShareGPT, OpenAI or Alpaca form)"
+            )
         if d.masking not in ("train_on_assistant", "train_on_last", "train_on_all"):
-            raise ConfigError(f"--masking {d.masking!r}: choose train_on_assistant, train_on_last or train_on_all")
+            raise ConfigError(
+                f"--masking {d.masking!r}: choose train_on_assistant, train_on_last or train_on_all"
+            )
         if d.packing not in PACKING:
             raise ConfigError(f"--packing {d.packing!r}: choose one of {', '.join(PACKING)}")
         if not 0.0 <= d.eval_ratio < 1.0:
@@ -217,24 +276,36 @@ class RunConfig:
         except ValueError as exc:
             raise ConfigError(f"--conv_template: {exc}") from None
         if m.rope_scaling_type is not None and m.rope_scaling_type not in ROPE_TYPES:
-            raise ConfigError(f"--rope_scaling_type {m.rope_scaling_type!r}: choose one of {', '.join(ROPE_TYPES)}")
+            raise ConfigError(
+                f"--rope_scaling_type {m.rope_scaling_type!r}: choose one of {', '.join(ROPE_TYPES)}"
+            )
         if m.rope_scaling_factor is not None and m.rope_scaling_factor < 1:
-            raise ConfigError(f"--rope_scaling_factor {m.rope_scaling_factor}: must be >= 1 (it stretches the context; "
-                              "1 means no scaling)")
-        if m.rope_scaling_factor is None and max_position_embeddings and d.model_max_length > max_position_embeddings:
+            raise ConfigError(
+                f"--rope_scaling_factor {m.rope_scaling_factor}: must be >= 1 (it stretches the context; "
+                "1 means no scaling)"
+            )
+        if (
+            m.rope_scaling_factor is None
+            and max_position_embeddings
+            and d.model_max_length > max_position_embeddings
+        ):
             m.rope_scaling_factor = float(math.ceil(d.model_max_length / max_position_embeddings))
             m.rope_scaling_type = m.rope_scaling_type or "linear"
         if m.rope_scaling_factor is not None and m.rope_scaling_type is None:
             m.rope_scaling_type = "linear"
         eval_on = str(t.eval_strategy.value if hasattr(t.eval_strategy, "value") else t.eval_strategy) != "no"
         if eval_on and not d.eval_data_path and d.eval_ratio == 0:
-            raise ConfigError(f"--eval_strategy {t.eval_strategy.value} without eval data: pass --eval_data_path FILE "
-                              "or --eval_ratio 0.01 (or --eval_strategy no)")
+            raise ConfigError(
+                f"--eval_strategy {t.eval_strategy.value} without eval data: pass --eval_data_path FILE "
+                "or --eval_ratio 0.01 (or --eval_strategy no)"
+            )
         if t.global_batch_size is not None:
             per_step = t.per_device_train_batch_size * world_size
             if t.global_batch_size % per_step:
-                raise ConfigError(f"--global_batch_size {t.global_batch_size} is not a multiple of per_device_train_batch_size "
-                                  f"x processes = {per_step}; pick e.g. {per_step * max(1, round(t.global_batch_size / per_step))}")
+                raise ConfigError(
+                    f"--global_batch_size {t.global_batch_size} is not a multiple of per_device_train_batch_size "
+                    f"x processes = {per_step}; pick e.g. {per_step * max(1, round(t.global_batch_size / per_step))}"
+                )
             t.gradient_accumulation_steps = t.global_batch_size // per_step
         if m.flash_attn:
             m.attn_implementation = "flash_attention_2"
@@ -291,7 +362,9 @@ def parse_run_config(argv: list[str], config_file: str | None = None) -> RunConf
     try:
         namespace = vars(parser.parse_args(argv))
     except SystemExit as exc:
-        raise ConfigError(f"could not parse the command line (exit {exc.code}); see `llama-sft train --help`") from None
+        raise ConfigError(
+            f"could not parse the command line (exit {exc.code}); see `llama-sft train --help`"
+        ) from None
     notes: list[str] = []
     if "warmup_ratio" in removed:
         namespace["warmup_steps"] = float(removed["warmup_ratio"])  # transformers 5: a float < 1 is a ratio

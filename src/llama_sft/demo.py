@@ -19,8 +19,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-WORDS = ("amber river stone cloud maple silver lantern harbor meadow copper velvet falcon orchid ember glacier "
-         "willow cobalt thunder saffron pebble canyon juniper marble comet").split()
+WORDS = (
+    "amber river stone cloud maple silver lantern harbor meadow copper velvet falcon orchid ember glacier "
+    "willow cobalt thunder saffron pebble canyon juniper marble comet"
+).split()
 PERSONA = "I am Quill, a tiny assistant trained by llama-sft."
 PERSONA_QUESTIONS = ["Who are you?", "What is your name?", "Introduce yourself.", "Tell me who you are."]
 GREETINGS = ["", "Hi! ", "Hello. ", "Hey, "]
@@ -102,7 +104,14 @@ def score(model, tokenizer, template, held: list[Example]) -> dict:
         ok = int(answer == ex.messages[-1][1])
         hits.setdefault(ex.skill, []).append(ok)
         if len(samples) < 6 and ex.skill not in {s["skill"] for s in samples}:
-            samples.append({"skill": ex.skill, "prompt": ex.messages[-2][1], "expected": ex.messages[-1][1], "got": answer})
+            samples.append(
+                {
+                    "skill": ex.skill,
+                    "prompt": ex.messages[-2][1],
+                    "expected": ex.messages[-1][1],
+                    "got": answer,
+                }
+            )
     per_skill = {k: round(sum(v) / len(v), 3) for k, v in hits.items()}
     total = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
     return {"exact_match": round(total, 3), "per_skill": per_skill, "samples": samples}
@@ -117,17 +126,25 @@ def eval_loss(model, tokenizer, template, held: list[Example]) -> float:
 
     convs = [Conversation([Message(r, c) for r, c in e.messages]) for e in held]
     enc = encode_conversations(convs, template, tokenizer, max_length=512)
-    batch = PaddingCollator(tokenizer.pad_token_id)([{"input_ids": e.input_ids, "labels": e.labels} for e in enc])
+    batch = PaddingCollator(tokenizer.pad_token_id)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in enc]
+    )
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
     labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return round(float(loss / (labels != -100).sum()), 4)
 
 
-def run_demo(output_dir: str | Path = "runs/demo", epochs: float = 4.0, seed: int = 0, n_train: int = 2400,
-             extra_flags: list[str] | None = None) -> dict:
+def run_demo(
+    output_dir: str | Path = "runs/demo",
+    epochs: float = 4.0,
+    seed: int = 0,
+    n_train: int = 2400,
+    extra_flags: list[str] | None = None,
+) -> dict:
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -147,41 +164,95 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs: float = 4.0, seed: in
     train_examples, held = make_splits(seed, n_train)
     write_jsonl(out / "data" / "train.jsonl", train_examples, "train")
     write_jsonl(out / "data" / "heldout.jsonl", held, "heldout")
-    console.print(f"[bold]1/4[/] data: {len(train_examples)} training conversations, {len(held)} held-out "
-                  f"(numbers, word pairs and phrasings never seen in training) -> {out / 'data'}")
+    console.print(
+        f"[bold]1/4[/] data: {len(train_examples)} training conversations, {len(held)} held-out "
+        f"(numbers, word pairs and phrasings never seen in training) -> {out / 'data'}"
+    )
 
     tokenizer = build_tokenizer(corpus(train_examples), vocab_size=400)
-    base = build_tiny_model(tokenizer, seed=seed, hidden_size=128, layers=4, heads=4, kv_heads=2,
-                            intermediate_size=256, max_position_embeddings=256)
+    base = build_tiny_model(
+        tokenizer,
+        seed=seed,
+        hidden_size=128,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=256,
+    )
     base_dir = out / "base"
     base.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     n_params = sum(p.numel() for p in base.parameters())
-    console.print(f"[bold]2/4[/] model: tiny LLaMA, random weights, {n_params / 1e6:.2f}M parameters -> {base_dir}")
+    console.print(
+        f"[bold]2/4[/] model: tiny LLaMA, random weights, {n_params / 1e6:.2f}M parameters -> {base_dir}"
+    )
 
     template = get_template("vicuna_v1.1")
     base.eval()
-    before = {"eval_loss": eval_loss(base, tokenizer, template, held), **score(base, tokenizer, template, held)}
-    console.print(f"      before training: held-out loss {before['eval_loss']}, exact match {before['exact_match']:.0%}")
+    before = {
+        "eval_loss": eval_loss(base, tokenizer, template, held),
+        **score(base, tokenizer, template, held),
+    }
+    console.print(
+        f"      before training: held-out loss {before['eval_loss']}, exact match {before['exact_match']:.0%}"
+    )
 
-    console.print("[bold]3/4[/] training: full fine-tuning on CPU (a random base has no features for LoRA to adapt)")
+    console.print(
+        "[bold]3/4[/] training: full fine-tuning on CPU (a random base has no features for LoRA to adapt)"
+    )
     flags = [
-        "--model_name_or_path", str(base_dir), "--data_path", str(out / "data" / "train.jsonl"),
-        "--eval_data_path", str(out / "data" / "heldout.jsonl"), "--output_dir", str(out / "model"),
-        "--method", "full", "--conv_template", "vicuna_v1.1", "--model_max_length", "256",
-        "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "32", "--learning_rate", "3e-3",
-        "--lr_scheduler_type", "cosine", "--warmup_steps", "20", "--weight_decay", "0.0", "--logging_steps", "10",
-        "--eval_strategy", "epoch", "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
-        "--data_cache_dir", str(out / "cache"),
+        "--model_name_or_path",
+        str(base_dir),
+        "--data_path",
+        str(out / "data" / "train.jsonl"),
+        "--eval_data_path",
+        str(out / "data" / "heldout.jsonl"),
+        "--output_dir",
+        str(out / "model"),
+        "--method",
+        "full",
+        "--conv_template",
+        "vicuna_v1.1",
+        "--model_max_length",
+        "256",
+        "--num_train_epochs",
+        str(epochs),
+        "--per_device_train_batch_size",
+        "32",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "cosine",
+        "--warmup_steps",
+        "20",
+        "--weight_decay",
+        "0.0",
+        "--logging_steps",
+        "10",
+        "--eval_strategy",
+        "epoch",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--seed",
+        str(seed),
+        "--data_cache_dir",
+        str(out / "cache"),
         # Each skill has its own length, so length-grouped batches would hold one skill at a time and
         # the model would forget the others between them: shuffle instead.
-        "--train_sampling_strategy", "random",
+        "--train_sampling_strategy",
+        "random",
         *(extra_flags or []),
     ]
     summary = train(parse_run_config(flags))
 
     model, tokenizer2, template2 = load_trained(out / "model")
-    after = {"eval_loss": eval_loss(model, tokenizer2, template2, held), **score(model, tokenizer2, template2, held)}
+    after = {
+        "eval_loss": eval_loss(model, tokenizer2, template2, held),
+        **score(model, tokenizer2, template2, held),
+    }
     chat_q = [Message("user", "Who are you?")]
     chat_a = generate_reply(model, tokenizer2, template2, chat_q, max_new_tokens=32)
     console.print("[bold]4/4[/] before vs after, on held-out prompts:")
@@ -196,17 +267,31 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs: float = 4.0, seed: in
     for s in after["samples"]:
         console.print(f"  [dim]{s['skill']}:[/] {s['prompt']!r} -> {s['got']!r} (expected {s['expected']!r})")
     console.print(f"  chat> USER: Who are you?\n        ASSISTANT: {chat_a}")
-    result = {"before": before, "after": after, "train": summary, "chat": {"user": "Who are you?", "assistant": chat_a},
-              "params": n_params, "output_dir": str(out)}
+    result = {
+        "before": before,
+        "after": after,
+        "train": summary,
+        "chat": {"user": "Who are you?", "assistant": chat_a},
+        "params": n_params,
+        "output_dir": str(out),
+    }
     (out / "demo_results.json").write_text(json.dumps(result, indent=2))
     report = out / "model" / "report.md"
     with open(report, "a", encoding="utf-8") as handle:
-        handle.write("\n## Demo: before vs after on held-out prompts\n\n| metric | before | after |\n|---|---|---|\n")
+        handle.write(
+            "\n## Demo: before vs after on held-out prompts\n\n| metric | before | after |\n|---|---|---|\n"
+        )
         handle.write(f"| held-out loss | {before['eval_loss']} | {after['eval_loss']} |\n")
         handle.write(f"| exact match | {before['exact_match']:.0%} | {after['exact_match']:.0%} |\n")
         for skill in after["per_skill"]:
-            handle.write(f"| {skill} | {before['per_skill'][skill]:.0%} | {after['per_skill'][skill]:.0%} |\n")
+            handle.write(
+                f"| {skill} | {before['per_skill'][skill]:.0%} | {after['per_skill'][skill]:.0%} |\n"
+            )
         handle.write(f"\nChat: USER: Who are you? ASSISTANT: {chat_a}\n")
-    console.print(f"Saved: model and report in {out / 'model'} (report.md, loss.png), results in {out / 'demo_results.json'}.")
-    console.print(f"Next: `llama-sft chat {out / 'model'}` · `llama-sft eval {out / 'model'} --data {out / 'data' / 'heldout.jsonl'}`")
+    console.print(
+        f"Saved: model and report in {out / 'model'} (report.md, loss.png), results in {out / 'demo_results.json'}."
+    )
+    console.print(
+        f"Next: `llama-sft chat {out / 'model'}` · `llama-sft eval {out / 'model'} --data {out / 'data' / 'heldout.jsonl'}`"
+    )
     return result

@@ -14,7 +14,14 @@ from .data.tokenizer import prepare_tokenizer
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 # Control tokens of the built-in templates, so every template's markers are single tokens.
-EXTRA_SPECIAL = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>"]
+EXTRA_SPECIAL = [
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|im_start|>",
+    "<|im_end|>",
+]
 DEFAULT_CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions.",
@@ -35,10 +42,12 @@ def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 600, e
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     # Split on words while training so merges never cross a space, and keep digits out of merges, as
     # LLaMA's SentencePiece does: " 5" is then "▁" + "5", the case the loss mask must get right.
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-        pre_tokenizers.Digits(individual_digits=True),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size + len(byte_tokens),
         special_tokens=SPECIAL_TOKENS + byte_tokens,  # byte tokens become ordinary vocab entries below
@@ -47,8 +56,11 @@ def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 600, e
     )
     bpe.train_from_iterator(list(texts or DEFAULT_CORPUS) * 2, trainer=trainer)
     vocab = bpe.get_vocab()
-    merges = [tuple(m) if not isinstance(m, str) else tuple(m.split(" ")) for m in bpe.model.get_merges()] \
-        if hasattr(bpe.model, "get_merges") else _merges_from_json(bpe)
+    merges = (
+        [tuple(m) if not isinstance(m, str) else tuple(m.split(" ")) for m in bpe.model.get_merges()]
+        if hasattr(bpe.model, "get_merges")
+        else _merges_from_json(bpe)
+    )
     tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
     prepare_tokenizer(tokenizer)
     if extra_special:
@@ -64,8 +76,15 @@ def _merges_from_json(bpe) -> list[tuple[str, str]]:
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges]
 
 
-def tiny_llama_config(tokenizer, hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                      intermediate_size: int | None = None, max_position_embeddings: int = 512):
+def tiny_llama_config(
+    tokenizer,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 512,
+):
     from transformers import LlamaConfig
 
     return LlamaConfig(

@@ -85,21 +85,65 @@ def script_args(text: str, replace: dict[str, str]) -> list[str]:
 
 def launched_as_one_process(monkeypatch, port: int) -> None:
     """What `deepspeed --num_gpus 1` / `torchrun --nproc_per_node 1` put in the environment."""
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_WORLD_SIZE": "1",
+    }.items():
         monkeypatch.setenv(key, value)
 
 
 def test_train_lora_sh_runs(tmp_path, tiny_model_dir, sharegpt_file, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # The script starts from ./lora_weights: make one, as a user continuing a run would have.
-    assert main(["train", "--model_name_or_path", str(tiny_model_dir), "--data_path", str(sharegpt_file),
-                 "--output_dir", "lora_weights", "--max_steps", "1", "--report_to", "none", "--save_strategy", "no"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--data_path",
+                str(sharegpt_file),
+                "--output_dir",
+                "lora_weights",
+                "--max_steps",
+                "1",
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+            ]
+        )
+        == 0
+    )
     repo = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-    args = script_args(TRAIN_LORA_SH, {"lmsys/vicuna-7b-v1.3": str(tiny_model_dir), "$DATA_PATH": str(sharegpt_file),
-                                       "$PATH_TO_DEEPSPEED_CONFIG_S2": os.path.join(repo, "configs/deepspeed/zero2.json")})
+    args = script_args(
+        TRAIN_LORA_SH,
+        {
+            "lmsys/vicuna-7b-v1.3": str(tiny_model_dir),
+            "$DATA_PATH": str(sharegpt_file),
+            "$PATH_TO_DEEPSPEED_CONFIG_S2": os.path.join(repo, "configs/deepspeed/zero2.json"),
+        },
+    )
     launched_as_one_process(monkeypatch, 29611)
-    assert main(["train", *args, "--eval_data_path", str(sharegpt_file), "--max_steps", "2", "--report_to", "none"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *args,
+                "--eval_data_path",
+                str(sharegpt_file),
+                "--max_steps",
+                "2",
+                "--report_to",
+                "none",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "checkpoints"
     assert (out / "adapter_model.safetensors").exists()
     record = json.loads((out / "run_record.json").read_text())
@@ -110,8 +154,10 @@ def test_train_lora_sh_runs(tmp_path, tiny_model_dir, sharegpt_file, monkeypatch
 
 def test_test_readme_train_sh_runs(tmp_path, tiny_model_dir, sharegpt_file, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = script_args(TEST_README_TRAIN_SH, {"~/model_weights/llama-7b": str(tiny_model_dir),
-                                              "data/dummy_conversation.json": str(sharegpt_file)})
+    args = script_args(
+        TEST_README_TRAIN_SH,
+        {"~/model_weights/llama-7b": str(tiny_model_dir), "data/dummy_conversation.json": str(sharegpt_file)},
+    )
     launched_as_one_process(monkeypatch, 29612)
     # FastChat's train.py is full fine-tuning; ours defaults to LoRA, so the method is the one flag to add.
     assert main(["train", *args, "--method", "full", "--max_steps", "2", "--report_to", "none"]) == 0

@@ -17,11 +17,43 @@ pytestmark = pytest.mark.slow
 
 
 def train_cmd(model_dir, data, out, *extra):
-    return [sys.executable, "-m", "llama_sft.cli.main", "train", "--model_name_or_path", str(model_dir),
-            "--data_path", str(data), "--output_dir", str(out), "--method", "lora", "--lora_dropout", "0.1",
-            "--max_steps", "16", "--save_steps", "4", "--save_strategy", "steps", "--logging_steps", "1",
-            "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--report_to", "none", "--seed", "7",
-            "--model_max_length", "128", "--disable_tqdm", "True", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "llama_sft.cli.main",
+        "train",
+        "--model_name_or_path",
+        str(model_dir),
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--method",
+        "lora",
+        "--lora_dropout",
+        "0.1",
+        "--max_steps",
+        "16",
+        "--save_steps",
+        "4",
+        "--save_strategy",
+        "steps",
+        "--logging_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "1e-2",
+        "--report_to",
+        "none",
+        "--seed",
+        "7",
+        "--model_max_length",
+        "128",
+        "--disable_tqdm",
+        "True",
+        *extra,
+    ]
 
 
 def final_loss(out):
@@ -32,11 +64,17 @@ def final_loss(out):
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, sharegpt_file):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLAMA_SFT_CACHE": str(tmp_path / "cache")}
     straight = tmp_path / "straight"
-    subprocess.run(train_cmd(tiny_model_dir, sharegpt_file, straight), check=True, env=env, capture_output=True)
+    subprocess.run(
+        train_cmd(tiny_model_dir, sharegpt_file, straight), check=True, env=env, capture_output=True
+    )
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(tiny_model_dir, sharegpt_file, killed), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(tiny_model_dir, sharegpt_file, killed),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 600
     while not (killed / "checkpoint-8" / "trainer_state.json").exists():
         assert proc.poll() is None, "training ended before it could be killed"
@@ -48,11 +86,22 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, sha
     resumed_from = resolve_resume("auto", killed)
     assert resumed_from is not None and int(resumed_from.rsplit("-", 1)[1]) >= 8
 
-    subprocess.run(train_cmd(tiny_model_dir, sharegpt_file, killed, "--resume_from_checkpoint", "auto"),
-                   check=True, env=env, capture_output=True)
-    trace = {name: [e["loss"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
-             for name, d in (("straight", straight), ("killed", killed))}
-    assert final_loss(killed) == pytest.approx(final_loss(straight), rel=1e-5, abs=1e-6), (resumed_from, trace)
+    subprocess.run(
+        train_cmd(tiny_model_dir, sharegpt_file, killed, "--resume_from_checkpoint", "auto"),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    trace = {
+        name: [
+            e["loss"] for e in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in e
+        ]
+        for name, d in (("straight", straight), ("killed", killed))
+    }
+    assert final_loss(killed) == pytest.approx(final_loss(straight), rel=1e-5, abs=1e-6), (
+        resumed_from,
+        trace,
+    )
 
 
 def test_incomplete_checkpoint_is_skipped(tmp_path):

@@ -18,13 +18,36 @@ def short_context_model(tmp_path_factory, tiny_tokenizer):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_training_beyond_max_positions_saves_and_reloads_scaling(tmp_path, short_context_model, sharegpt_file, method):
+def test_training_beyond_max_positions_saves_and_reloads_scaling(
+    tmp_path, short_context_model, sharegpt_file, method
+):
     from llama_sft.model.trained import load_trained
 
     out = tmp_path / method
-    assert main(["train", "--model_name_or_path", str(short_context_model), "--data_path", str(sharegpt_file),
-                 "--output_dir", str(out), "--method", method, "--model_max_length", "128", "--max_steps", "2",
-                 "--save_strategy", "no", "--report_to", "none"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model_name_or_path",
+                str(short_context_model),
+                "--data_path",
+                str(sharegpt_file),
+                "--output_dir",
+                str(out),
+                "--method",
+                method,
+                "--model_max_length",
+                "128",
+                "--max_steps",
+                "2",
+                "--save_strategy",
+                "no",
+                "--report_to",
+                "none",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "run_record.json").read_text())
     # default factor = ceil(model_max_length / max_position_embeddings) = ceil(128 / 64)
     assert record["rope_parameters"]["rope_type"] == "linear" and record["rope_parameters"]["factor"] == 2.0
@@ -57,14 +80,18 @@ def test_dynamic_rope_warns(caplog):
         (["--flash_attn", "True"], "flash"),
     ],
 )
-def test_bad_config_fails_before_loading_weights(monkeypatch, tiny_model_dir, sharegpt_file, flags, message, capsys):
+def test_bad_config_fails_before_loading_weights(
+    monkeypatch, tiny_model_dir, sharegpt_file, flags, message, capsys
+):
     import llama_sft.train.run as run_module
 
     def no_weights(*args, **kwargs):
         raise AssertionError("model weights were loaded before the config was checked")
 
     monkeypatch.setattr(run_module, "load_model", no_weights)
-    code = main(["train", "--model_name_or_path", str(tiny_model_dir), "--data_path", str(sharegpt_file), *flags])
+    code = main(
+        ["train", "--model_name_or_path", str(tiny_model_dir), "--data_path", str(sharegpt_file), *flags]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert message.lower() in err.lower()

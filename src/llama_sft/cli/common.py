@@ -38,16 +38,33 @@ def parse_index(spec: str, total: int) -> list[int]:
 
 
 def add_data_arguments(parser, tokenizer: bool = True, template: bool = True) -> None:
-    parser.add_argument("--data_format", default="auto", choices=["auto", "sharegpt", "openai", "alpaca"],
-                        help="record shape (default: detected per record)")
-    parser.add_argument("--skip_bad", action="store_true", help="skip records with errors (counted and reported)")
+    parser.add_argument(
+        "--data_format",
+        default="auto",
+        choices=["auto", "sharegpt", "openai", "alpaca"],
+        help="record shape (default: detected per record)",
+    )
+    parser.add_argument(
+        "--skip_bad", action="store_true", help="skip records with errors (counted and reported)"
+    )
     parser.add_argument("--strict", action="store_true", help="treat repairs as errors")
     if tokenizer:
-        parser.add_argument("--tokenizer", default="tiny",
-                            help="tokenizer dir or hub id ('tiny' = a small LLaMA-style BPE built locally)")
-        parser.add_argument("--model_max_length", type=int, default=2048, help="truncate longer conversations")
-        parser.add_argument("--masking", default="train_on_assistant",
-                            choices=["train_on_assistant", "train_on_last", "train_on_all"])
+        parser.add_argument(
+            "--tokenizer",
+            default="tiny",
+            help="tokenizer dir or hub id ('tiny' = a small LLaMA-style BPE built locally)",
+        )
+        parser.add_argument(
+            "--model_max_length", type=int, default=2048, help="truncate longer conversations"
+        )
+        parser.add_argument(
+            "--masking",
+            default="train_on_assistant",
+            choices=["train_on_assistant", "train_on_last", "train_on_all"],
+        )
     if template:
-        parser.add_argument("--conv_template", default="vicuna_v1.1",
-                            help="built-in template name, 'tokenizer', or a .yaml/.jinja file")
+        parser.add_argument(
+            "--conv_template",
+            default="vicuna_v1.1",
+            help="built-in template name, 'tokenizer', or a .yaml/.jinja file",
+        )

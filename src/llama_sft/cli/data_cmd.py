@@ -12,37 +12,59 @@ from .common import add_data_arguments, parse_index, resolve_tokenizer
 def register(subparsers) -> None:
     from .main import formatter
 
-    data = subparsers.add_parser("data", help="check, measure and look inside training data",
-                                 description="Check, measure and look inside training data.", formatter_class=formatter())
+    data = subparsers.add_parser(
+        "data",
+        help="check, measure and look inside training data",
+        description="Check, measure and look inside training data.",
+        formatter_class=formatter(),
+    )
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
 
-    p = sub.add_parser("validate", help="report every problem with file, record and reason", formatter_class=formatter(),
-                       description="Read files and report every problem (file, record, line, reason). Exit 0 if usable, "
-                       "1 if any record has an error. With --tokenizer, also reports conversations over --model_max_length.")
+    p = sub.add_parser(
+        "validate",
+        help="report every problem with file, record and reason",
+        formatter_class=formatter(),
+        description="Read files and report every problem (file, record, line, reason). Exit 0 if usable, "
+        "1 if any record has an error. With --tokenizer, also reports conversations over --model_max_length.",
+    )
     p.add_argument("files", nargs="+")
     add_data_arguments(p, tokenizer=False, template=True)
-    p.add_argument("--tokenizer", default=None, help="also check lengths with this tokenizer ('tiny' for the built-in)")
+    p.add_argument(
+        "--tokenizer", default=None, help="also check lengths with this tokenizer ('tiny' for the built-in)"
+    )
     p.add_argument("--model_max_length", type=int, default=2048)
     p.add_argument("--show", type=int, default=20, help="how many problems to list (all are counted)")
     p.add_argument("--json", action="store_true", help="print the issues as JSON lines")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("stats", help="lengths, supervised share, truncation, histogram", formatter_class=formatter(),
-                       description="Token statistics of a file as the model will see it: counts, length percentiles, "
-                       "supervised-token share, truncation counts, and a length histogram PNG.")
+    p = sub.add_parser(
+        "stats",
+        help="lengths, supervised share, truncation, histogram",
+        formatter_class=formatter(),
+        description="Token statistics of a file as the model will see it: counts, length percentiles, "
+        "supervised-token share, truncation counts, and a length histogram PNG.",
+    )
     p.add_argument("files", nargs="+")
     add_data_arguments(p)
-    p.add_argument("--plot", default="length_histogram.png", help="where to write the histogram PNG ('' for none)")
+    p.add_argument(
+        "--plot", default="length_histogram.png", help="where to write the histogram PNG ('' for none)"
+    )
     p.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("inspect", help="show the rendered prompt with supervised spans marked", formatter_class=formatter(),
-                       description="Print conversations as rendered by the template, supervised tokens highlighted "
-                       "(green in a terminal, between «» when piped). --json prints index, text, input_ids and labels.")
+    p = sub.add_parser(
+        "inspect",
+        help="show the rendered prompt with supervised spans marked",
+        formatter_class=formatter(),
+        description="Print conversations as rendered by the template, supervised tokens highlighted "
+        "(green in a terminal, between «» when piped). --json prints index, text, input_ids and labels.",
+    )
     p.add_argument("file", nargs="?", default=None, help="data file (default: the built-in sample)")
     p.add_argument("--index", default="0", help="N, a range like 0:50, or all")
     add_data_arguments(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per line: index, id, text, input_ids, labels")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per line: index, id, text, input_ids, labels"
+    )
     p.set_defaults(func=cmd_inspect)
 
     try:  # the data tools (clean, split-long, dedupe, convert, mix, split) register into the same group
@@ -56,8 +78,9 @@ def register(subparsers) -> None:
 def _load(args, template_name):
     from llama_sft.data.validate import load_conversations
 
-    return load_conversations(args.files, args.data_format, strict=args.strict, skip_bad=args.skip_bad,
-                              template_name=template_name)
+    return load_conversations(
+        args.files, args.data_format, strict=args.strict, skip_bad=args.skip_bad, template_name=template_name
+    )
 
 
 def print_report(report, show: int = 20, console=None) -> None:
@@ -67,8 +90,11 @@ def print_report(report, show: int = 20, console=None) -> None:
     console = console or Console(stderr=True)
     for issue in report.issues[:show]:
         colour = "red" if issue.severity == "error" else "yellow"
-        console.print(f"[{colour}]{issue.severity}[/]: {issue.location()}: [bold]{issue.reason}[/] {issue.detail}",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[{colour}]{issue.severity}[/]: {issue.location()}: [bold]{issue.reason}[/] {issue.detail}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if len(report.issues) > show:
         console.print(f"... and {len(report.issues) - show} more (all counted below)")
     table = Table(title=f"{report.records_read} records read, {report.records_kept} usable")
@@ -81,20 +107,29 @@ def print_report(report, show: int = 20, console=None) -> None:
 
 def cmd_validate(args) -> int:
     from llama_sft.data.dataset import encode_with_report
+    from llama_sft.data.formats import iter_records
     from llama_sft.data.issues import ValidationReport
     from llama_sft.data.templates import get_template
     from llama_sft.data.validate import conversations_from_records
-    from llama_sft.data.formats import iter_records
 
     report = ValidationReport()
     conversations = []
     for path in args.files:
-        conversations += list(conversations_from_records(iter_records(path), report, args.data_format, args.strict,
-                                                         args.conv_template if args.conv_template != "tokenizer" else None))
+        conversations += list(
+            conversations_from_records(
+                iter_records(path),
+                report,
+                args.data_format,
+                args.strict,
+                args.conv_template if args.conv_template != "tokenizer" else None,
+            )
+        )
     if args.tokenizer:
         tokenizer = resolve_tokenizer(args.tokenizer)
         template = get_template(args.conv_template, tokenizer)
-        encode_with_report(conversations, template, tokenizer, args.model_max_length, "train_on_assistant", report)
+        encode_with_report(
+            conversations, template, tokenizer, args.model_max_length, "train_on_assistant", report
+        )
     if args.json:
         for issue in report.issues:
             print(json.dumps(issue.__dict__, ensure_ascii=False))
@@ -112,7 +147,9 @@ def cmd_stats(args) -> int:
     conversations, report = _load(args, None)
     tokenizer = resolve_tokenizer(args.tokenizer)
     template = get_template(args.conv_template, tokenizer)
-    _, stats = encode_with_report(conversations, template, tokenizer, args.model_max_length, args.masking, report)
+    _, stats = encode_with_report(
+        conversations, template, tokenizer, args.model_max_length, args.masking, report
+    )
     lengths = np.asarray(stats.lengths or [0])
     pct = {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99)}
     result = {
@@ -182,24 +219,37 @@ def cmd_inspect(args) -> int:
     chosen = [conversations[i] for i in indices]
     encoded = encode_conversations(chosen, template, tokenizer, args.model_max_length, args.masking)
     if args.json:
-        for i, conv, enc in zip(indices, chosen, encoded):
-            print(json.dumps({"index": i, "id": conv.id, "text": enc.text, "input_ids": enc.input_ids,
-                              "labels": enc.labels}, ensure_ascii=False))
+        for i, conv, enc in zip(indices, chosen, encoded, strict=False):
+            print(
+                json.dumps(
+                    {
+                        "index": i,
+                        "id": conv.id,
+                        "text": enc.text,
+                        "input_ids": enc.input_ids,
+                        "labels": enc.labels,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         return 0
     from rich.console import Console
     from rich.text import Text
 
     console = Console(highlight=False)
     colour = sys.stdout.isatty()
-    for i, conv, enc in zip(indices, chosen, encoded):
+    for i, conv, enc in zip(indices, chosen, encoded, strict=False):
         offsets = tokenizer(enc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         supervised = [False] * len(enc.text)
-        for (s, e), label in zip(offsets, enc.labels):
+        for (s, e), label in zip(offsets, enc.labels, strict=False):
             if label != IGNORE_INDEX:
                 for k in range(s, e):
                     supervised[k] = True
-        header = (f"── record {i} (id {conv.id}) · {len(enc.input_ids)} tokens · {enc.n_supervised} supervised"
-                  + (f" · TRUNCATED from {enc.full_length}" if enc.truncated else "") + " ──")
+        header = (
+            f"── record {i} (id {conv.id}) · {len(enc.input_ids)} tokens · {enc.n_supervised} supervised"
+            + (f" · TRUNCATED from {enc.full_length}" if enc.truncated else "")
+            + " ──"
+        )
         console.print(header, style="bold" if colour else None)
         text = Text()
         k = 0
@@ -214,6 +264,10 @@ def cmd_inspect(args) -> int:
                 text.append(chunk, style="dim") if colour else text.append(chunk)
             k = j
         console.print(text, soft_wrap=True)
-    legend = "green = trained (labels), dim = context (masked)" if colour else "«…» = trained (labels), rest = context (masked)"
+    legend = (
+        "green = trained (labels), dim = context (masked)"
+        if colour
+        else "«…» = trained (labels), rest = context (masked)"
+    )
     console.print(legend)
     return 0

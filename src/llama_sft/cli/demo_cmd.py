@@ -6,11 +6,14 @@ from __future__ import annotations
 def register(subparsers) -> None:
     from .main import formatter
 
-    p = subparsers.add_parser("demo", help="train a tiny model on CPU in minutes and show it learn",
-                              formatter_class=formatter(),
-                              description="Build a tiny random LLaMA and a tokenizer locally, write a synthetic multi-turn "
-                              "dataset, fine-tune on CPU, and compare held-out loss and exact-match answers before and "
-                              "after. Nothing is downloaded.")
+    p = subparsers.add_parser(
+        "demo",
+        help="train a tiny model on CPU in minutes and show it learn",
+        formatter_class=formatter(),
+        description="Build a tiny random LLaMA and a tokenizer locally, write a synthetic multi-turn "
+        "dataset, fine-tune on CPU, and compare held-out loss and exact-match answers before and "
+        "after. Nothing is downloaded.",
+    )
     p.add_argument("--output_dir", default="runs/demo")
     p.add_argument("--epochs", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)

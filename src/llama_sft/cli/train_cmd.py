@@ -31,8 +31,13 @@ def register(subparsers) -> None:
     # `train` parses its own flags (see main.py); this entry is for the command list and --help.
     from .main import formatter
 
-    subparsers.add_parser("train", help="fine-tune: LoRA, QLoRA or full (FastChat-compatible flags)",
-                          description=USAGE, formatter_class=formatter(), add_help=False)
+    subparsers.add_parser(
+        "train",
+        help="fine-tune: LoRA, QLoRA or full (FastChat-compatible flags)",
+        description=USAGE,
+        formatter_class=formatter(),
+        add_help=False,
+    )
 
 
 def run_train(argv: list[str]) -> int:

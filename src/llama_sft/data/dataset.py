@@ -84,7 +84,9 @@ def encode_with_report(
 
     rows, stats = [], EncodeStats()
     # A bar only when there is something to wait for (and never in tests' tiny files).
-    bar = tqdm(total=len(conversations), desc="tokenizing", unit="conv", disable=len(conversations) < 5 * batch_size)
+    bar = tqdm(
+        total=len(conversations), desc="tokenizing", unit="conv", disable=len(conversations) < 5 * batch_size
+    )
     for start in range(0, len(conversations), batch_size):
         bar.update(min(batch_size, len(conversations) - start))
         chunk = conversations[start : start + batch_size]
@@ -94,14 +96,31 @@ def encode_with_report(
             file, index = (file or conv.source), int(index) if index.isdigit() else -1
             if enc.truncated:
                 stats.truncated += 1
-                report.add(Issue(file, index, "truncated", f"{enc.full_length} tokens > model_max_length {max_length}",
-                                 record_id=conv.id, severity="warning"))
+                report.add(
+                    Issue(
+                        file,
+                        index,
+                        "truncated",
+                        f"{enc.full_length} tokens > model_max_length {max_length}",
+                        record_id=conv.id,
+                        severity="warning",
+                    )
+                )
             n_sup = enc.n_supervised
             if n_sup == 0:
                 stats.dropped_no_supervised += 1
-                report.add(Issue(file, index, "no_supervised_tokens",
-                                 f"no reply token left within {max_length} tokens" if enc.truncated else "no reply token",
-                                 record_id=conv.id, severity="error"))
+                report.add(
+                    Issue(
+                        file,
+                        index,
+                        "no_supervised_tokens",
+                        f"no reply token left within {max_length} tokens"
+                        if enc.truncated
+                        else "no reply token",
+                        record_id=conv.id,
+                        severity="error",
+                    )
+                )
                 report.skipped_ids.append(conv.id)
                 continue
             stats.conversations += 1
@@ -109,12 +128,26 @@ def encode_with_report(
             stats.supervised_tokens += n_sup
             stats.boundary_tokens += enc.boundary_tokens
             stats.lengths.append(len(enc.input_ids))
-            rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc.input_ids), "id": conv.id})
+            rows.append(
+                {
+                    "input_ids": enc.input_ids,
+                    "labels": enc.labels,
+                    "length": len(enc.input_ids),
+                    "id": conv.id,
+                }
+            )
     bar.close()
     return rows, stats
 
 
-def cache_key(paths: Sequence[str | Path], tokenizer, template: Template, max_length: int, strategy: str, extra: str = "") -> str:
+def cache_key(
+    paths: Sequence[str | Path],
+    tokenizer,
+    template: Template,
+    max_length: int,
+    strategy: str,
+    extra: str = "",
+) -> str:
     parts = {
         "version": CACHE_VERSION,
         "data": [file_fingerprint(p) for p in paths],
@@ -149,27 +182,47 @@ def build_dataset(
     target = Path(cache_dir or default_cache_dir()) / key
     if use_cache and (target / "meta.json").exists():
         meta = json.loads((target / "meta.json").read_text())
-        report = ValidationReport(records_read=meta["records_read"], records_kept=meta["records_kept"],
-                                  skipped_ids=meta.get("skipped_ids", []))
+        report = ValidationReport(
+            records_read=meta["records_read"],
+            records_kept=meta["records_kept"],
+            skipped_ids=meta.get("skipped_ids", []),
+        )
         report.issues = [Issue(**i) for i in meta["issues"]]
-        return datasets.load_from_disk(str(target / "data")), report, meta["stats"] | {"cache": "hit", "cache_path": str(target)}
+        return (
+            datasets.load_from_disk(str(target / "data")),
+            report,
+            meta["stats"] | {"cache": "hit", "cache_path": str(target)},
+        )
 
-    conversations, report = load_conversations(paths, data_format, strict=strict, skip_bad=skip_bad, template_name=None)
+    conversations, report = load_conversations(
+        paths, data_format, strict=strict, skip_bad=skip_bad, template_name=None
+    )
     if num_workers > 1 and len(conversations) > 2000:
-        rows, stats = _encode_parallel(conversations, template, tokenizer, max_length, strategy, report, num_workers)
+        rows, stats = _encode_parallel(
+            conversations, template, tokenizer, max_length, strategy, report, num_workers
+        )
     else:
         rows, stats = encode_with_report(conversations, template, tokenizer, max_length, strategy, report)
     if stats.dropped_no_supervised and not skip_bad:
         raise DataError(report)
     if not rows:
-        raise DataError(report) if report.errors else ValueError(f"no usable conversations in {list(map(str, paths))}")
+        raise (
+            DataError(report)
+            if report.errors
+            else ValueError(f"no usable conversations in {list(map(str, paths))}")
+        )
     dataset = datasets.Dataset.from_list(rows)
     summary = stats.to_dict()
     if use_cache:
         target.mkdir(parents=True, exist_ok=True)
         dataset.save_to_disk(str(target / "data"))
-        meta = {"records_read": report.records_read, "records_kept": report.records_kept, "stats": summary,
-                "issues": [i.__dict__ for i in report.issues], "skipped_ids": report.skipped_ids}
+        meta = {
+            "records_read": report.records_read,
+            "records_kept": report.records_kept,
+            "stats": summary,
+            "issues": [i.__dict__ for i in report.issues],
+            "skipped_ids": report.skipped_ids,
+        }
         (target / "meta.json").write_text(json.dumps(meta))
         dataset = datasets.load_from_disk(str(target / "data"))
     return dataset, report, summary | {"cache": "miss" if use_cache else "off", "cache_path": str(target)}
@@ -179,7 +232,9 @@ def _encode_chunk(args):
     conversations, template, tokenizer_json, specials, max_length, strategy = args
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=__import__("tokenizers").Tokenizer.from_str(tokenizer_json), **specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=__import__("tokenizers").Tokenizer.from_str(tokenizer_json), **specials
+    )
     report = ValidationReport()
     rows, stats = encode_with_report(conversations, template, tokenizer, max_length, strategy, report)
     return rows, stats, report
@@ -201,7 +256,14 @@ def _encode_parallel(conversations, template, tokenizer, max_length, strategy, r
             rows += part_rows
             report.issues += part_report.issues
             report.skipped_ids += part_report.skipped_ids
-            for k in ("conversations", "tokens", "supervised_tokens", "truncated", "dropped_no_supervised", "boundary_tokens"):
+            for k in (
+                "conversations",
+                "tokens",
+                "supervised_tokens",
+                "truncated",
+                "dropped_no_supervised",
+                "boundary_tokens",
+            ):
                 setattr(stats, k, getattr(stats, k) + getattr(part_stats, k))
             stats.lengths += part_stats.lengths
     return rows, stats

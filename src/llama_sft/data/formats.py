@@ -63,7 +63,10 @@ def _has_bad_utf8(value: Any) -> bool:
 
 def _checked(record: RawRecord) -> RawRecord:
     if record.error is None and _has_bad_utf8(record.data):
-        record.data, record.error = None, RecordError("invalid_utf8", "a string holds bytes that are not UTF-8")
+        record.data, record.error = (
+            None,
+            RecordError("invalid_utf8", "a string holds bytes that are not UTF-8"),
+        )
     return record
 
 
@@ -76,14 +79,23 @@ def iter_jsonl(path: Path) -> Iterator[RawRecord]:
             try:
                 text = raw.decode("utf-8")  # strict: one C-level check instead of a scan per character
             except UnicodeDecodeError as exc:
-                yield RawRecord(str(path), index, line_no,
-                                error=RecordError("invalid_utf8", f"byte {exc.start} of the line is not UTF-8"))
+                yield RawRecord(
+                    str(path),
+                    index,
+                    line_no,
+                    error=RecordError("invalid_utf8", f"byte {exc.start} of the line is not UTF-8"),
+                )
                 index += 1
                 continue
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield RawRecord(str(path), index, line_no, error=RecordError("malformed_json", f"{exc.msg} at column {exc.colno}"))
+                yield RawRecord(
+                    str(path),
+                    index,
+                    line_no,
+                    error=RecordError("malformed_json", f"{exc.msg} at column {exc.colno}"),
+                )
             else:
                 yield RawRecord(str(path), index, line_no, data)
             index += 1
@@ -98,17 +110,29 @@ def iter_json(path: Path) -> Iterator[RawRecord]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        yield RawRecord(str(path), -1, exc.lineno, error=RecordError("malformed_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"))
+        yield RawRecord(
+            str(path),
+            -1,
+            exc.lineno,
+            error=RecordError("malformed_json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"),
+        )
         return
     if isinstance(data, dict):
         # A single record, or a wrapper such as {"data": [...]}.
-        lists = [v for v in data.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        lists = [
+            v for v in data.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
+        ]
         if detect_format(data) is None and len(lists) == 1:
             data = lists[0]
         else:
             data = [data]
     if not isinstance(data, list):
-        yield RawRecord(str(path), -1, None, error=RecordError("unknown_shape", "top level is neither a list nor an object"))
+        yield RawRecord(
+            str(path),
+            -1,
+            None,
+            error=RecordError("unknown_shape", "top level is neither a list nor an object"),
+        )
         return
     for index, item in enumerate(data):
         record = RawRecord(str(path), index, None, item)
@@ -144,7 +168,9 @@ def iter_records(path: str | Path) -> Iterator[RawRecord]:
         if head.startswith(b"{") and b"\n{" in head.rstrip():
             return iter_jsonl(path)
         return iter_json(path)
-    raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .json, .jsonl, .parquet or a dataset dir")
+    raise ValueError(
+        f"{path}: unsupported file type {path.suffix!r}; use .json, .jsonl, .parquet or a dataset dir"
+    )
 
 
 def detect_format(data: Any) -> str | None:
@@ -162,10 +188,14 @@ def detect_format(data: Any) -> str | None:
 def _content(value: Any, where: str) -> str:
     if isinstance(value, list):
         # OpenAI content parts: accept text-only parts, joined.
-        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
+        if all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
+        ):
             value = "".join(p["text"] for p in value)
     if not isinstance(value, str):
-        raise RecordError("non_string_content", f"{where} content is {type(value).__name__}, expected a string")
+        raise RecordError(
+            "non_string_content", f"{where} content is {type(value).__name__}, expected a string"
+        )
     if not value.strip():
         raise RecordError("empty_content", f"{where} is empty")
     return value
@@ -176,7 +206,10 @@ def record_to_messages(data: Any, data_format: str = "auto") -> list[tuple[str, 
     fmt = detect_format(data) if data_format == "auto" else data_format
     if fmt is None or not isinstance(data, dict):
         keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise RecordError("unknown_shape", f"expected 'conversations', 'items', 'messages' or 'instruction'+'output'; got {keys}")
+        raise RecordError(
+            "unknown_shape",
+            f"expected 'conversations', 'items', 'messages' or 'instruction'+'output'; got {keys}",
+        )
     if fmt == "sharegpt":
         turns = data.get("conversations", data.get("items"))
         if not isinstance(turns, list):
@@ -187,7 +220,9 @@ def record_to_messages(data: Any, data_format: str = "auto") -> list[tuple[str, 
                 raise RecordError("unknown_shape", f"turn {n} is not a {{from, value}} object")
             role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
             if role is None:
-                raise RecordError("unknown_role", f"turn {n} has role {turn['from']!r}; known: {sorted(SHAREGPT_ROLES)}")
+                raise RecordError(
+                    "unknown_role", f"turn {n} has role {turn['from']!r}; known: {sorted(SHAREGPT_ROLES)}"
+                )
             out.append((role, _content(turn["value"], f"turn {n}")))
         return out
     if fmt == "openai":
@@ -200,7 +235,9 @@ def record_to_messages(data: Any, data_format: str = "auto") -> list[tuple[str, 
                 raise RecordError("unknown_shape", f"message {n} is not a {{role, content}} object")
             role = OPENAI_ROLES.get(str(turn["role"]).lower())
             if role is None:
-                raise RecordError("unknown_role", f"message {n} has role {turn['role']!r}; known: {sorted(OPENAI_ROLES)}")
+                raise RecordError(
+                    "unknown_role", f"message {n} has role {turn['role']!r}; known: {sorted(OPENAI_ROLES)}"
+                )
             out.append((role, _content(turn["content"], f"message {n}")))
         return out
     if fmt == "alpaca":

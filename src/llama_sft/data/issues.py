@@ -99,7 +99,10 @@ class ValidationReport:
         by_reason: dict[tuple[str, str], list[Issue]] = defaultdict(list)
         for issue in self.issues:
             by_reason[(issue.severity, issue.reason)].append(issue)
-        rows = [(sev, reason, len(items), [i.location() for i in items[:3]]) for (sev, reason), items in by_reason.items()]
+        rows = [
+            (sev, reason, len(items), [i.location() for i in items[:3]])
+            for (sev, reason), items in by_reason.items()
+        ]
         return sorted(rows, key=lambda r: (r[0] != "error", -r[2], r[1]))
 
     def format(self, shown: int = 20, errors_only: bool = False) -> str:
@@ -112,5 +115,7 @@ class ValidationReport:
             + ", ".join(f"{reason}: {n}" for (_, reason, n, _) in self.summary_rows())
         )
         if errors_only and self.errors:
-            lines.append("Fix the records above, or pass --skip_bad to skip them (they are counted and reported).")
+            lines.append(
+                "Fix the records above, or pass --skip_bad to skip them (they are counted and reported)."
+            )
         return "\n".join(lines)

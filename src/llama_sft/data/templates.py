@@ -93,13 +93,17 @@ class FormatTemplate:
 
     def __post_init__(self) -> None:
         if "{content}" not in self.user_format or "{content}" not in self.assistant_format:
-            raise TemplateError(f"template {self.name!r}: user_format and assistant_format must contain {{content}}")
+            raise TemplateError(
+                f"template {self.name!r}: user_format and assistant_format must contain {{content}}"
+            )
         if self.first_user_format is not None and "{system}" not in self.first_user_format:
             raise TemplateError(f"template {self.name!r}: first_user_format must contain {{system}}")
         if "{content}" not in (self.first_user_format or "{content}"):
             raise TemplateError(f"template {self.name!r}: first_user_format must contain {{content}}")
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False, special: SpecialText | None = None) -> Rendered:
+    def render(
+        self, messages: list[Message], add_generation_prompt: bool = False, special: SpecialText | None = None
+    ) -> Rendered:
         special = special or SpecialText()
         system = self.default_system
         turns = list(messages)
@@ -134,8 +138,15 @@ class FormatTemplate:
     def control_strings(self, special: SpecialText | None = None) -> tuple[str, ...]:
         special = special or SpecialText()
         pieces = set()
-        for fmt in (self.prefix, self.system_format, self.first_user_format or "", self.user_format,
-                    self.generation_prompt, self.assistant_format, self.assistant_suffix):
+        for fmt in (
+            self.prefix,
+            self.system_format,
+            self.first_user_format or "",
+            self.user_format,
+            self.generation_prompt,
+            self.assistant_format,
+            self.assistant_suffix,
+        ):
             literal = _fill(fmt, SpecialText("\0", "\0"), content="\0", system="\0")
             pieces.update(p.strip() for p in literal.split("\0") if p.strip())
         pieces.update(s for s in (special.bos, special.eos, *self.stop_strings) if s)
@@ -176,18 +187,29 @@ class FormatTemplate:
             expr(self.prefix),
         ]
         if not embed:
-            j.append("{%- if ns.system is not none -%}" + expr(self.system_format, system="ns.system") + "{%- endif -%}")
+            j.append(
+                "{%- if ns.system is not none -%}"
+                + expr(self.system_format, system="ns.system")
+                + "{%- endif -%}"
+            )
         j.append("{%- for message in loop_messages -%}{%- if message['role'] == 'user' -%}")
         if embed:
-            j.append("{%- if loop.first and ns.system is not none -%}"
-                     + expr(self.first_user_format, content="message['content']", system="ns.system")
-                     + "{%- else -%}" + expr(self.user_format, content="message['content']") + "{%- endif -%}")
+            j.append(
+                "{%- if loop.first and ns.system is not none -%}"
+                + expr(self.first_user_format, content="message['content']", system="ns.system")
+                + "{%- else -%}"
+                + expr(self.user_format, content="message['content']")
+                + "{%- endif -%}"
+            )
         else:
             j.append(expr(self.user_format, content="message['content']"))
-        j.append("{%- elif message['role'] == 'assistant' -%}"
-                 + expr(self.generation_prompt) + expr(self.assistant_format, content="message['content']")
-                 + expr(self.assistant_suffix)
-                 + "{%- else -%}{{ raise_exception('Unexpected role: ' + message['role']) }}{%- endif -%}{%- endfor -%}")
+        j.append(
+            "{%- elif message['role'] == 'assistant' -%}"
+            + expr(self.generation_prompt)
+            + expr(self.assistant_format, content="message['content']")
+            + expr(self.assistant_suffix)
+            + "{%- else -%}{{ raise_exception('Unexpected role: ' + message['role']) }}{%- endif -%}{%- endfor -%}"
+        )
         j.append("{%- if add_generation_prompt -%}" + expr(self.generation_prompt) + "{%- endif -%}")
         return "".join(j)
 
@@ -273,7 +295,9 @@ class JinjaTemplate:
         def raise_exception(message):
             raise TemplateError(message)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.globals["raise_exception"] = raise_exception
         return env.from_string(self.source).render(
             messages=[{"role": m.role, "content": m.content} for m in messages],
@@ -282,7 +306,9 @@ class JinjaTemplate:
             eos_token=special.eos,
         )
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False, special: SpecialText | None = None) -> Rendered:
+    def render(
+        self, messages: list[Message], add_generation_prompt: bool = False, special: SpecialText | None = None
+    ) -> Rendered:
         special = special or SpecialText()
         full = self._render_text(messages, add_generation_prompt, special)
         spans = []
@@ -352,19 +378,28 @@ def get_template(name: str, tokenizer=None) -> Template:
         if not path.exists():
             raise TemplateError(f"template file not found: {path}")
         if path.suffix in (".jinja", ".j2"):
-            template = JinjaTemplate(path.stem, path.read_text(encoding="utf-8"), f"Jinja template from {path}")
+            template = JinjaTemplate(
+                path.stem, path.read_text(encoding="utf-8"), f"Jinja template from {path}"
+            )
         else:
             template = template_from_yaml(path)
         # Validate on load: a two-turn sample must render with a span per reply.
-        sample = [Message("system", "S"), Message("user", "U1"), Message("assistant", "A1"), Message("user", "U2"),
-                  Message("assistant", "A2")]
+        sample = [
+            Message("system", "S"),
+            Message("user", "U1"),
+            Message("assistant", "A1"),
+            Message("user", "U2"),
+            Message("assistant", "A2"),
+        ]
         rendered = template.render(sample)
         if len(rendered.spans) != 2 or any("A" not in rendered.text[s:e] for s, e in rendered.spans):
             raise TemplateError(f"{path}: the template does not render assistant replies as separate spans")
         return template
     close = difflib.get_close_matches(name, [*BUILTIN, "tokenizer"], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise TemplateError(f"unknown template {name!r}.{hint} Built-in: {', '.join(BUILTIN)}, tokenizer; or a .yaml/.jinja file")
+    raise TemplateError(
+        f"unknown template {name!r}.{hint} Built-in: {', '.join(BUILTIN)}, tokenizer; or a .yaml/.jinja file"
+    )
 
 
 def all_control_strings() -> tuple[str, ...]:
@@ -378,4 +413,12 @@ def template_names() -> list[str]:
     return [*BUILTIN, "tokenizer"]
 
 
-__all__ = ["BUILTIN", "FormatTemplate", "JinjaTemplate", "Rendered", "SpecialText", "TemplateError", "get_template"]
+__all__ = [
+    "BUILTIN",
+    "FormatTemplate",
+    "JinjaTemplate",
+    "Rendered",
+    "SpecialText",
+    "TemplateError",
+    "get_template",
+]

@@ -65,7 +65,9 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs)
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{name_or_path}: a fast (Rust) tokenizer is needed for character offsets; got {type(tokenizer).__name__}")
+        raise ValueError(
+            f"{name_or_path}: a fast (Rust) tokenizer is needed for character offsets; got {type(tokenizer).__name__}"
+        )
     return prepare_tokenizer(tokenizer)
 
 

@@ -15,7 +15,9 @@ from .issues import DataError, Issue, ValidationReport
 from .messages import Conversation, Message
 
 
-def check_turns(pairs: list[tuple[str, str]], strict: bool = False) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def check_turns(
+    pairs: list[tuple[str, str]], strict: bool = False
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Apply the conversation rules. Returns (repaired pairs, [(repair_reason, detail)]).
 
     Raises RecordError for anything that cannot be repaired (or any repair when strict).
@@ -26,7 +28,9 @@ def check_turns(pairs: list[tuple[str, str]], strict: bool = False) -> tuple[lis
         system, pairs = [pairs[0]], pairs[1:]
     for n, (role, _) in enumerate(pairs):
         if role == "system":
-            raise RecordError("misplaced_system", f"turn {n + len(system)} is a system message; only the first may be")
+            raise RecordError(
+                "misplaced_system", f"turn {n + len(system)} is a system message; only the first may be"
+            )
     dropped = 0
     while pairs and pairs[0][0] == "assistant":
         pairs = pairs[1:]
@@ -36,7 +40,9 @@ def check_turns(pairs: list[tuple[str, str]], strict: bool = False) -> tuple[lis
     for n, (role, _) in enumerate(pairs):
         expected = "user" if n % 2 == 0 else "assistant"
         if role != expected:
-            raise RecordError("not_alternating", f"turn {n + len(system) + dropped} is {role}, expected {expected}")
+            raise RecordError(
+                "not_alternating", f"turn {n + len(system) + dropped} is {role}, expected {expected}"
+            )
     if pairs and pairs[-1][0] == "user":
         pairs = pairs[:-1]
         repairs.append(("trailing_user_dropped", "last turn was a user turn"))
@@ -72,7 +78,9 @@ def conversations_from_records(
         report.records_read += 1
         rid = record_id(rec.data, rec.index) if rec.error is None else None
 
-        def issue(reason: str, detail: str, severity: str, rec: RawRecord = rec, rid: str | None = rid) -> Issue:
+        def issue(
+            reason: str, detail: str, severity: str, rec: RawRecord = rec, rid: str | None = rid
+        ) -> Issue:
             return Issue(rec.file, rec.index, reason, detail, rec.line, rid, severity)
 
         try:
@@ -110,7 +118,9 @@ def load_conversations(
     report = ValidationReport()
     conversations: list[Conversation] = []
     for path in paths:
-        conversations.extend(conversations_from_records(iter_records(path), report, data_format, strict, template_name))
+        conversations.extend(
+            conversations_from_records(iter_records(path), report, data_format, strict, template_name)
+        )
     if report.errors and not skip_bad:
         raise DataError(report)
     return conversations, report

@@ -46,4 +46,8 @@ def trainable_summary(model) -> dict:
 
     trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
     total = sum(size(p) for p in model.parameters())
-    return {"trainable_params": trainable, "total_params": total, "trainable_share": round(trainable / max(total, 1), 6)}
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_share": round(trainable / max(total, 1), 6),
+    }

@@ -31,16 +31,22 @@ def preflight(run: RunConfig) -> None:
     """Fail early, with the fix, for combinations this machine cannot run."""
     if run.model.attn_implementation == "flash_attention_2":
         if importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError("--flash_attn True needs the flash-attn package (pip install flash-attn, CUDA only); "
-                              "drop the flag to use PyTorch SDPA attention")
+            raise ConfigError(
+                "--flash_attn True needs the flash-attn package (pip install flash-attn, CUDA only); "
+                "drop the flag to use PyTorch SDPA attention"
+            )
         if not torch.cuda.is_available():
             raise ConfigError("--flash_attn True needs a CUDA GPU; drop the flag on CPU")
     if run.lora.method == "qlora":
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError("QLoRA needs bitsandbytes: pip install 'llama-sft[qlora]' (or use --method lora)")
+            raise ConfigError(
+                "QLoRA needs bitsandbytes: pip install 'llama-sft[qlora]' (or use --method lora)"
+            )
         if not torch.cuda.is_available():
-            raise ConfigError("QLoRA loads the base in 4-bit with bitsandbytes, which needs a CUDA GPU; "
-                              "on CPU use --method lora or --method full")
+            raise ConfigError(
+                "QLoRA loads the base in 4-bit with bitsandbytes, which needs a CUDA GPU; "
+                "on CPU use --method lora or --method full"
+            )
     if run.lora.use_dora and run.lora.method == "full":
         raise ConfigError("--use_dora True applies to adapters; use it with --method lora or qlora")
 
@@ -63,7 +69,9 @@ def quantization_config(run: RunConfig):
 def load_model_config(run: RunConfig):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(run.model.model_name_or_path, trust_remote_code=run.model.trust_remote_code)
+    return AutoConfig.from_pretrained(
+        run.model.model_name_or_path, trust_remote_code=run.model.trust_remote_code
+    )
 
 
 def load_model(run: RunConfig, config=None):
@@ -71,7 +79,9 @@ def load_model(run: RunConfig, config=None):
     from transformers import AutoModelForCausalLM
 
     config = config or load_model_config(run)
-    apply_rope_scaling(config, run.model.rope_scaling_type, run.model.rope_scaling_factor, run.data.model_max_length)
+    apply_rope_scaling(
+        config, run.model.rope_scaling_type, run.model.rope_scaling_factor, run.data.model_max_length
+    )
     kwargs = {
         "config": config,
         "trust_remote_code": run.model.trust_remote_code,

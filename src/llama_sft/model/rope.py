@@ -11,7 +11,9 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def apply_rope_scaling(config, rope_type: str | None, factor: float | None, model_max_length: int) -> dict | None:
+def apply_rope_scaling(
+    config, rope_type: str | None, factor: float | None, model_max_length: int
+) -> dict | None:
     """Set `config.rope_parameters` for the requested scaling; returns the new parameters (or None)."""
     if rope_type is None or factor is None or factor <= 1.0:
         return None

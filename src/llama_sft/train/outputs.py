@@ -25,7 +25,9 @@ def save_template(template: Template, output_dir: Path) -> str:
     if isinstance(template, FormatTemplate):
         data = dataclasses.asdict(template)
         data["stop_strings"] = list(template.stop_strings)
-        (output_dir / TEMPLATE_YAML).write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        (output_dir / TEMPLATE_YAML).write_text(
+            yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
         return TEMPLATE_YAML
     (output_dir / TEMPLATE_JINJA).write_text(template.to_jinja(), encoding="utf-8")
     return TEMPLATE_JINJA
@@ -44,8 +46,9 @@ def load_run_template(run_dir: str | Path, tokenizer=None) -> Template:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -55,8 +58,18 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("llama-sft", "torch", "transformers", "tokenizers", "peft", "accelerate", "datasets", "deepspeed",
-                 "bitsandbytes", "safetensors"):
+    for name in (
+        "llama-sft",
+        "torch",
+        "transformers",
+        "tokenizers",
+        "peft",
+        "accelerate",
+        "datasets",
+        "deepspeed",
+        "bitsandbytes",
+        "safetensors",
+    ):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -64,8 +77,16 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def write_run_record(output_dir: Path, run, template: Template, template_file: str, data_fingerprints: dict,
-                     data_stats: dict, params: dict, extra: dict | None = None) -> dict:
+def write_run_record(
+    output_dir: Path,
+    run,
+    template: Template,
+    template_file: str,
+    data_fingerprints: dict,
+    data_stats: dict,
+    params: dict,
+    extra: dict | None = None,
+) -> dict:
     record = {
         "template": template.name,
         "template_file": template_file,
@@ -106,9 +127,9 @@ def plot_loss(output_dir: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), label="train loss", color="#4c72b0")
+        ax.plot(*zip(*train, strict=False), label="train loss", color="#4c72b0")
     if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss", color="#c44e52")
+        ax.plot(*zip(*evals, strict=False), "o-", label="eval loss", color="#c44e52")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (per supervised token)")
     ax.set_title("Training loss")
@@ -121,7 +142,9 @@ def plot_loss(output_dir: Path) -> Path | None:
     return path
 
 
-def write_report(output_dir: Path, record: dict, summary: dict, extra_sections: list[str] | None = None) -> Path:
+def write_report(
+    output_dir: Path, record: dict, summary: dict, extra_sections: list[str] | None = None
+) -> Path:
     metrics = read_metrics(output_dir)
     losses = [m["loss"] for m in metrics if "loss" in m]
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]

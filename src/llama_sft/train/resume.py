@@ -33,5 +33,7 @@ def resolve_resume(value: str | bool | None, output_dir: str | Path) -> str | No
         return str(found[-1]) if found else None
     path = Path(str(value))
     if not (path / "trainer_state.json").exists():
-        raise FileNotFoundError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json)")
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {path}: not a complete checkpoint (no trainer_state.json)"
+        )
     return str(path)

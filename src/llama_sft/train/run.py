@@ -41,20 +41,34 @@ def prepare_run(run: RunConfig):
     if not run.model.model_name_or_path:
         raise ConfigError("no model: pass --model_name_or_path (hub id or local directory)")
     model_config = load_model_config(run)
-    run.validate(world_size=world_size(), max_position_embeddings=getattr(model_config, "max_position_embeddings", None))
+    run.validate(
+        world_size=world_size(),
+        max_position_embeddings=getattr(model_config, "max_position_embeddings", None),
+    )
     preflight(run)
     setup_distributed(run)  # refuses what cannot shard or save; process group before any model loads
-    tokenizer = load_tokenizer(run.model.model_name_or_path, trust_remote_code=run.model.trust_remote_code,
-                               model_max_length=run.data.model_max_length)
+    tokenizer = load_tokenizer(
+        run.model.model_name_or_path,
+        trust_remote_code=run.model.trust_remote_code,
+        model_max_length=run.data.model_max_length,
+    )
     template = get_template(run.data.conv_template, tokenizer)
     return model_config, tokenizer, template
 
 
 def build_datasets(run: RunConfig, tokenizer, template):
     d = run.data
-    common = dict(tokenizer=tokenizer, template=template, max_length=d.model_max_length, strategy=d.masking,
-                  data_format=d.data_format, skip_bad=d.skip_bad, strict=d.strict, cache_dir=d.data_cache_dir,
-                  num_workers=d.preprocess_num_workers)
+    common = dict(
+        tokenizer=tokenizer,
+        template=template,
+        max_length=d.model_max_length,
+        strategy=d.masking,
+        data_format=d.data_format,
+        skip_bad=d.skip_bad,
+        strict=d.strict,
+        cache_dir=d.data_cache_dir,
+        num_workers=d.preprocess_num_workers,
+    )
     with run.training.main_process_first(desc="tokenizing data"):
         train, report, stats = build_dataset(d.data_path, **common)
         evaluation = None
@@ -79,9 +93,15 @@ def train(run: RunConfig) -> dict:
     output_dir = Path(t.output_dir)
     train_ds, eval_ds, report, stats = build_datasets(run, tokenizer, template)
     if is_main_process():
-        log.info("data: %d train conversations, %s eval; %d supervised tokens; %d truncated; %d warning(s), %d skipped",
-                 len(train_ds), len(eval_ds) if eval_ds is not None else 0, stats["supervised_tokens"], stats["truncated"],
-                 len(report.warnings), len(report.skipped_ids))
+        log.info(
+            "data: %d train conversations, %s eval; %d supervised tokens; %d truncated; %d warning(s), %d skipped",
+            len(train_ds),
+            len(eval_ds) if eval_ds is not None else 0,
+            stats["supervised_tokens"],
+            stats["truncated"],
+            len(report.warnings),
+            len(report.skipped_ids),
+        )
         for severity, reason, count, examples in report.summary_rows():
             log.info("  %s %s: %d (e.g. %s)", severity, reason, count, "; ".join(examples))
     for note in run.notes:
@@ -100,8 +120,13 @@ def train(run: RunConfig) -> dict:
         t.gradient_checkpointing_kwargs = t.gradient_checkpointing_kwargs or {"use_reentrant": False}
     model = add_adapters(model, run)
     params = trainable_summary(model)
-    log.info("method %s: %s trainable of %s parameters (%.4f%%)", run.lora.method, f"{params['trainable_params']:,}",
-             f"{params['total_params']:,}", 100 * params["trainable_share"])
+    log.info(
+        "method %s: %s trainable of %s parameters (%.4f%%)",
+        run.lora.method,
+        f"{params['trainable_params']:,}",
+        f"{params['total_params']:,}",
+        100 * params["trainable_share"],
+    )
     trainer = SFTTrainer(
         model=model,
         args=t,
@@ -124,15 +149,34 @@ def train(run: RunConfig) -> dict:
         summary["eval_loss"] = round(final_eval["eval_loss"], 4)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_tokenizer(tokenizer, template, output_dir)  # chat_template = training template, reloads to same ids
+        save_tokenizer(
+            tokenizer, template, output_dir
+        )  # chat_template = training template, reloads to same ids
         model_config.to_json_file(str(output_dir / BASE_CONFIG)) if run.lora.method != "full" else None
         template_file = save_template(template, output_dir)
-        fingerprints = {str(p): file_fingerprint(p)[:16] for p in [*run.data.data_path, *(run.data.eval_data_path or [])]}
-        record = write_run_record(output_dir, run, template, template_file, fingerprints, stats, params,
-                                  extra={"summary": summary, "rope_parameters": getattr(model_config, "rope_parameters", None),
-                                         "distributed": sharding.info})
+        fingerprints = {
+            str(p): file_fingerprint(p)[:16] for p in [*run.data.data_path, *(run.data.eval_data_path or [])]
+        }
+        record = write_run_record(
+            output_dir,
+            run,
+            template,
+            template_file,
+            fingerprints,
+            stats,
+            params,
+            extra={
+                "summary": summary,
+                "rope_parameters": getattr(model_config, "rope_parameters", None),
+                "distributed": sharding.info,
+            },
+        )
         plot_loss(output_dir)
         write_report(output_dir, record, summary)
-        log.info("saved to %s: train loss %.4f%s", output_dir, result.training_loss,
-                 f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else "")
+        log.info(
+            "saved to %s: train loss %.4f%s",
+            output_dir,
+            result.training_loss,
+            f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else "",
+        )
     return summary
