@@ -79,7 +79,8 @@ class DataConfig:
     )
     packing: str = _help(
         "Batching: none (pad to model_max_length, like FastChat), padded (to the longest in a batch), "
-        "packed (several conversations per row, no cross-attention).",
+        "packed (several conversations per row, no cross-attention; then per_device_train_batch_size "
+        "counts packed rows of up to model_max_length tokens).",
         default="padded",
     )
     lazy_preprocess: bool = _help(

@@ -172,3 +172,24 @@ def test_full_finetune_learns(tmp_path, tiny_model_dir, sharegpt_file):
     )
     trace = losses(out)
     assert trace[-1] < trace[0] * 0.7, trace
+
+
+def test_packed_training_learns_and_packs(tmp_path, tiny_model_dir, sharegpt_file, caplog):
+    out = tmp_path / "packed"
+    import logging
+
+    logger = logging.getLogger("llama_sft")  # does not propagate to root: attach pytest's handler
+    logger.addHandler(caplog.handler)
+    try:
+        code = main(
+            ["train", "--model_name_or_path", str(tiny_model_dir), "--data_path", str(sharegpt_file),
+             "--output_dir", str(out), "--method", "full", "--packing", "packed", "--learning_rate", "3e-3",
+             "--per_device_train_batch_size", "2", "--max_steps", "12", "--logging_steps", "1",
+             "--save_strategy", "no", "--report_to", "none", "--model_max_length", "128"]
+        )  # fmt: skip
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert code == 0
+    assert "packing: 48 conversations in" in caplog.text and "sdpa_packed" in caplog.text
+    trace = losses(out)
+    assert trace[-1] < trace[0] * 0.7, trace

@@ -1,8 +1,10 @@
-"""Batch collators. Labels arrive ready (see data/encode.py); collators only pad and stack.
+"""Batch collators. Labels arrive ready (see data/encode.py); collators only pad, stack or pack.
 
 `none` pads every row to model_max_length (FastChat's behaviour, kept for comparison), `padded`
-pads to the longest row of the batch. Each batch also carries `sample_index` (dataset rows), which
-the trainer pops before the forward pass to name the samples of a batch whose loss is not finite.
+pads to the longest row of the batch (run.py adds length-grouped sampling), `packed` puts several
+conversations in a row with their own positions and no attention across them (train/packing.py).
+Each batch also carries `sample_index` (dataset rows), which the trainer pops before the forward
+pass to name the samples of a batch whose loss is not finite.
 """
 
 from __future__ import annotations

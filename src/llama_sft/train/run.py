@@ -22,6 +22,7 @@ from .callbacks import MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
 from .outputs import plot_loss, save_template, write_report, write_run_record
+from .packing import PackedDataset, use_packed_attention
 from .resume import resolve_resume
 from .trainer import SFTTrainer
 
@@ -116,6 +117,9 @@ def train(run: RunConfig) -> dict:
 
     set_seed(t.seed)
     model = load_model(run, model_config)
+    if run.data.packing == "packed":
+        # sdpa -> sdpa_packed (attention within each conversation); flash_attention_2 and eager stay
+        log.info("packing: attention %s", use_packed_attention(model))
     if t.gradient_checkpointing:
         t.gradient_checkpointing_kwargs = t.gradient_checkpointing_kwargs or {"use_reentrant": False}
     model = add_adapters(model, run)
@@ -127,11 +131,22 @@ def train(run: RunConfig) -> dict:
         f"{params['total_params']:,}",
         100 * params["trainable_share"],
     )
+    train_rows, eval_rows = train_ds, eval_ds
+    if run.data.packing == "packed":
+        train_rows = PackedDataset(train_ds, run.data.model_max_length)
+        eval_rows = PackedDataset(eval_ds, run.data.model_max_length) if eval_ds is not None else None
+        log.info(
+            "packing: %d conversations in %d rows of up to %d tokens (%.1f%% full)",
+            len(train_ds),
+            len(train_rows),
+            run.data.model_max_length,
+            100 * sum(train_ds["length"]) / (len(train_rows) * run.data.model_max_length),
+        )
     trainer = SFTTrainer(
         model=model,
         args=t,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
         data_collator=make_collator(run.data.packing, tokenizer, run.data.model_max_length),
         processing_class=tokenizer,
         callbacks=[MetricsLogger(output_dir), sharding := ShardingCheck(run)],
@@ -179,4 +194,8 @@ def train(run: RunConfig) -> dict:
             result.training_loss,
             f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else "",
         )
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()  # a gloo process left with a live group can abort at exit
     return summary
