@@ -118,24 +118,12 @@ def score(model, tokenizer, template, held: list[Example]) -> dict:
 
 
 def eval_loss(model, tokenizer, template, held: list[Example]) -> float:
-    import torch
-
-    from .data.encode import encode_conversations
+    """Loss per supervised token on the held-out conversations (the same measure `llama-sft eval` reports)."""
     from .data.messages import Conversation, Message
-    from .train.collator import PaddingCollator
+    from .evaluate.loss import supervised_loss
 
     convs = [Conversation([Message(r, c) for r, c in e.messages]) for e in held]
-    enc = encode_conversations(convs, template, tokenizer, max_length=512)
-    batch = PaddingCollator(tokenizer.pad_token_id)(
-        [{"input_ids": e.input_ids, "labels": e.labels} for e in enc]
-    )
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return round(float(loss / (labels != -100).sum()), 4)
+    return round(supervised_loss(model, tokenizer, template, convs, max_length=512, batch_size=32)["loss"], 4)
 
 
 def run_demo(

@@ -107,23 +107,14 @@ def print_report(report, show: int = 20, console=None) -> None:
 
 def cmd_validate(args) -> int:
     from llama_sft.data.dataset import encode_with_report
-    from llama_sft.data.formats import iter_records
-    from llama_sft.data.issues import ValidationReport
     from llama_sft.data.templates import get_template
-    from llama_sft.data.validate import conversations_from_records
+    from llama_sft.data.validate import load_conversations
 
-    report = ValidationReport()
-    conversations = []
-    for path in args.files:
-        conversations += list(
-            conversations_from_records(
-                iter_records(path),
-                report,
-                args.data_format,
-                args.strict,
-                args.conv_template if args.conv_template != "tokenizer" else None,
-            )
-        )
+    # skip_bad: collect every problem into the report instead of raising on the first file's errors
+    template_name = args.conv_template if args.conv_template != "tokenizer" else None
+    conversations, report = load_conversations(
+        args.files, args.data_format, strict=args.strict, skip_bad=True, template_name=template_name
+    )
     if args.tokenizer:
         tokenizer = resolve_tokenizer(args.tokenizer)
         template = get_template(args.conv_template, tokenizer)
@@ -239,9 +230,8 @@ def cmd_inspect(args) -> int:
     console = Console(highlight=False)
     colour = sys.stdout.isatty()
     for i, conv, enc in zip(indices, chosen, encoded, strict=False):
-        offsets = tokenizer(enc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         supervised = [False] * len(enc.text)
-        for (s, e), label in zip(offsets, enc.labels, strict=False):
+        for (s, e), label in zip(enc.offsets, enc.labels, strict=True):
             if label != IGNORE_INDEX:
                 for k in range(s, e):
                     supervised[k] = True

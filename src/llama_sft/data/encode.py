@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 
 import numpy as np
@@ -31,6 +31,10 @@ class Encoded:
     full_length: int  # tokens before truncation
     # Tokens that straddle a prompt/reply boundary (the prompt tokenizes differently alone).
     boundary_tokens: int = 0
+    # Character offsets of the kept tokens and the template's reply spans, so callers that map tokens
+    # back to text (inspect, per-turn eval loss) need not tokenize or render again.
+    offsets: list = field(default_factory=list)
+    spans: tuple = ()
 
     @property
     def truncated(self) -> bool:
@@ -126,8 +130,8 @@ def encode_conversations(
         labels, straddle = labels_from_offsets(ids, offsets, supervised_spans(r, strategy))
         full = len(ids)
         if max_length is not None and full > max_length:
-            ids, labels = ids[:max_length], labels[:max_length]
-        out.append(Encoded(list(ids), labels, r.text, full, straddle))
+            ids, labels, offsets = ids[:max_length], labels[:max_length], offsets[:max_length]
+        out.append(Encoded(list(ids), labels, r.text, full, straddle, list(offsets), r.spans))
     return out
 
 

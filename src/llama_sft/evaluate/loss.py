@@ -16,7 +16,7 @@ import torch
 
 from ..data.encode import IGNORE_INDEX, encode_conversations
 from ..data.messages import Conversation
-from ..data.templates import SpecialText, Template
+from ..data.templates import Template
 from ..train.collator import PaddingCollator
 
 OUTSIDE = 0  # tokens supervised but in no reply (train_on_all): reported as turn 0
@@ -90,23 +90,7 @@ def supervised_loss(
     encoded = encode_conversations(
         conversations, template, tokenizer, max_length=max_length, strategy=strategy
     )
-    special = SpecialText.from_tokenizer(tokenizer)
-    texts = [e.text for e in encoded]
-    again = (
-        tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        if texts
-        else {"input_ids": [], "offset_mapping": []}
-    )
-    turns = []
-    for conv, enc, ids, offs in zip(
-        conversations, encoded, again["input_ids"], again["offset_mapping"], strict=True
-    ):
-        n = len(enc.input_ids)
-        if list(ids[:n]) != enc.input_ids:  # the same call encode.py makes; guards the token -> reply map
-            raise RuntimeError(
-                f"conversation {conv.id!r}: re-tokenizing the rendered text gave different ids"
-            )
-        turns.append(turn_of_tokens(offs[:n], template.render(conv.messages, special=special).spans))
+    turns = [turn_of_tokens(enc.offsets, enc.spans) for enc in encoded]
     tally, per_conversation = LossTally(), [None] * len(encoded)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     collate = PaddingCollator(tokenizer.pad_token_id)
