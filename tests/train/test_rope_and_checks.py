@@ -112,3 +112,22 @@ def test_nan_loss_stops_with_step_and_sample_ids(tmp_path, tiny_model_dir, share
               "--output_dir", str(tmp_path / "nan"), "--method", "full", "--learning_rate", "1e30", "--max_steps", "3",
               "--max_grad_norm", "0", "--save_strategy", "no", "--report_to", "none", "--torch_dtype", "float32",
               "--adam_epsilon", "0"])  # fmt: skip
+
+
+def test_missing_model_is_a_clean_error(tmp_path, sharegpt_file, capsys):
+    code = main(
+        ["train", "--model_name_or_path", str(tmp_path / "no-such-model"), "--data_path", str(sharegpt_file)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "--model_name_or_path" in err and "Traceback" not in err
+
+
+def test_bad_data_error_is_printed_once_with_file_and_reason(tmp_path, tiny_model_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversations": [{"from": "human", "value": "hi"}]}\n{bad json\n')
+    code = main(["train", "--model_name_or_path", str(tiny_model_dir), "--data_path", str(bad),
+                 "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{bad}:2 record 1: malformed_json" in err and "no_assistant_turn" in err
+    assert "error: error:" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 from llama_sft.exceptions import ConfigError, UsageError
 
@@ -23,7 +24,10 @@ def run_with_clean_errors(func, *args) -> int:
     try:
         result = func(*args)
     except expected_errors() as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        message = str(exc)
+        # A data report's lines already start with their severity.
+        prefix = "" if message.startswith(("error:", "warning:")) else "[bold red]error:[/] "
+        err_console.print(f"{prefix}{escape(message)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -41,7 +41,14 @@ def prepare_run(run: RunConfig):
     """Everything that can fail without weights: config rules, environment, tokenizer, template."""
     if not run.model.model_name_or_path:
         raise ConfigError("no model: pass --model_name_or_path (hub id or local directory)")
-    model_config = load_model_config(run)
+    try:
+        model_config = load_model_config(run)
+    except OSError as exc:  # missing directory, bad hub id, offline without a cached copy
+        first = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"--model_name_or_path {run.model.model_name_or_path}: cannot read its config ({first}). "
+            "Pass a local model directory (with config.json) or a hub id reachable from here."
+        ) from None
     run.validate(
         world_size=world_size(),
         max_position_embeddings=getattr(model_config, "max_position_embeddings", None),
