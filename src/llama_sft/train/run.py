@@ -204,5 +204,9 @@ def train(run: RunConfig) -> dict:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()  # a gloo process left with a live group can abort at exit
+        # Wait until every rank is past its last collective (rank 0 writes outputs alone), then tear
+        # the group down: a gloo process that exits with a live group, or destroys it while a peer
+        # still uses it, can abort ("terminate called without an active exception").
+        dist.barrier()
+        dist.destroy_process_group()
     return summary
