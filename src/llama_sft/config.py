@@ -26,7 +26,11 @@ PACKING = ("none", "padded", "packed")
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FLAG_ALIASES = {
     "--evaluation_strategy": "--eval_strategy",
-    "--gradient_checkpoint": "--gradient_checkpointing",
+    # transformers 5.24 renamed gradient_checkpointing* to activation_checkpointing* and warns on every
+    # run that sets the old field; FastChat's scripts (and our old YAMLs) still use the old names.
+    "--gradient_checkpoint": "--activation_checkpointing",
+    "--gradient_checkpointing": "--activation_checkpointing",
+    "--gradient_checkpointing_kwargs": "--activation_checkpointing_kwargs",
 }
 
 
@@ -195,6 +199,9 @@ def flatten_yaml(data: dict, source: str) -> dict[str, Any]:
             flat[key] = value
         else:
             raise unknown_key_error(key, valid_flat + list(SECTIONS), source)
+    for old, new in FLAG_ALIASES.items():  # old key names in YAML, as on the command line
+        if old[2:] in flat:
+            flat.setdefault(new[2:], flat.pop(old[2:]))
     # A scalar where a list is expected ("data_path: train.json") would later be iterated by character.
     for cls in (ModelConfig, DataConfig, LoraConfig):
         for f in dataclasses.fields(cls):

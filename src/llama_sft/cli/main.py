@@ -73,6 +73,9 @@ def strip_local_rank(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = strip_local_rank(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    from llama_sft.quiet import quiet_third_party
+
+    quiet_third_party()
     parser = build_parser()
     # `train` parses its own (HF-style) flags: hand it everything after the subcommand.
     if argv and argv[0] == "train":

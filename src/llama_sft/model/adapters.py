@@ -15,10 +15,14 @@ def add_adapters(model, run: RunConfig):
         return model
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    from ..quiet import quiet_third_party
+
+    quiet_third_party()  # also when called as a library, not through the CLI
+
     if run.lora.method == "qlora":
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=bool(run.training.gradient_checkpointing),
+            use_gradient_checkpointing=bool(run.training.activation_checkpointing),
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     if run.lora.lora_weight_path:
@@ -34,7 +38,7 @@ def add_adapters(model, run: RunConfig):
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
-    if run.training.gradient_checkpointing:
+    if run.training.activation_checkpointing:
         model.enable_input_require_grads()
     return model
 

@@ -127,8 +127,8 @@ def train(run: RunConfig) -> dict:
     if run.data.packing == "packed":
         # sdpa -> sdpa_packed (attention within each conversation); flash_attention_2 and eager stay
         log.info("packing: attention %s", use_packed_attention(model))
-    if t.gradient_checkpointing:
-        t.gradient_checkpointing_kwargs = t.gradient_checkpointing_kwargs or {"use_reentrant": False}
+    if t.activation_checkpointing:
+        t.activation_checkpointing_kwargs = t.activation_checkpointing_kwargs or {"use_reentrant": False}
     model = add_adapters(model, run)
     params = trainable_summary(model)
     log.info(
