@@ -201,6 +201,18 @@ def _content(value: Any, where: str) -> str:
     return value
 
 
+def _blank_system(role: str | None, value: Any) -> bool:
+    """An empty system message (OpenAI exports write `{"role": "system", "content": ""}`) means "no
+    system prompt": it is dropped, so every template treats it as if it were absent."""
+    if role != "system":
+        return False
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in value
+    ):
+        value = "".join(p.get("text", "") for p in value)
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def record_to_messages(data: Any, data_format: str = "auto") -> list[tuple[str, str]]:
     """(role, content) pairs with roles normalized to system/user/assistant; raises RecordError."""
     fmt = detect_format(data) if data_format == "auto" else data_format
@@ -223,6 +235,8 @@ def record_to_messages(data: Any, data_format: str = "auto") -> list[tuple[str, 
                 raise RecordError(
                     "unknown_role", f"turn {n} has role {turn['from']!r}; known: {sorted(SHAREGPT_ROLES)}"
                 )
+            if _blank_system(role, turn["value"]):
+                continue
             out.append((role, _content(turn["value"], f"turn {n}")))
         return out
     if fmt == "openai":
@@ -238,6 +252,8 @@ def record_to_messages(data: Any, data_format: str = "auto") -> list[tuple[str, 
                 raise RecordError(
                     "unknown_role", f"message {n} has role {turn['role']!r}; known: {sorted(OPENAI_ROLES)}"
                 )
+            if _blank_system(role, turn["content"]):
+                continue
             out.append((role, _content(turn["content"], f"message {n}")))
         return out
     if fmt == "alpaca":

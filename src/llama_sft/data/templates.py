@@ -108,7 +108,8 @@ class FormatTemplate:
         system = self.default_system
         turns = list(messages)
         if turns and turns[0].role == "system":
-            system, turns = turns[0].content, turns[1:]
+            # An empty system message is "no system prompt", as if absent (the Jinja below agrees).
+            system, turns = (turns[0].content if turns[0].content.strip() else system), turns[1:]
         parts = [_fill(self.prefix, special)]
         embed_system = system is not None and self.first_user_format is not None
         if system is not None and not embed_system:
@@ -182,7 +183,8 @@ class FormatTemplate:
         embed = self.first_user_format is not None
         j = [
             "{%- set ns = namespace(system=" + default + ") -%}",
-            "{%- if messages and messages[0]['role'] == 'system' -%}{%- set ns.system = messages[0]['content'] -%}"
+            "{%- if messages and messages[0]['role'] == 'system' -%}"
+            "{%- if messages[0]['content'] | trim -%}{%- set ns.system = messages[0]['content'] -%}{%- endif -%}"
             "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}",
             expr(self.prefix),
         ]

@@ -116,6 +116,8 @@ def conversation_messages(messages: list[ChatMessage]) -> list[Message]:
                 param=f"messages[{n}].role",
                 code="unsupported_conversation",
             )
+        if role == "system" and not m.text().strip():
+            continue  # an empty system message is "no system prompt", as in training data
         out.append(Message(role, m.text()))
     turns = out[1:] if out and out[0].role == "system" else out
     for n, m in enumerate(turns):
