@@ -11,6 +11,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 import json  # noqa: E402
 
 import pytest  # noqa: E402
+from ci import unavailable  # noqa: E402,F401  (re-exported: fail under CI=true instead of skipping)
 
 
 @pytest.fixture(scope="session")
@@ -76,14 +77,6 @@ def make_sharegpt_records(n: int = 48, seed: int = 0) -> list[dict]:
 @pytest.fixture
 def sharegpt_file(write_json):
     return write_json("train.json", make_sharegpt_records())
-
-
-def unavailable(reason: str):
-    """A download the test needs failed: skip on a developer's offline laptop, fail under CI=true
-    (CI reaches the registry, so a skip there would hide a broken fetch)."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: a needed download must not skip)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

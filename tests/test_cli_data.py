@@ -91,7 +91,20 @@ def test_validate_missing_file(tmp_path, capsys):
 def test_stats_json_and_histogram(good_file, tmp_path, capsys):
     plot = tmp_path / "lengths.png"
     assert (
-        main(["data", "stats", str(good_file), "--json", "--plot", str(plot), "--model_max_length", "64"])
+        main(
+            [
+                "data",
+                "stats",
+                str(good_file),
+                "--tokenizer",
+                "tiny",
+                "--json",
+                "--plot",
+                str(plot),
+                "--model_max_length",
+                "64",
+            ]
+        )
         == 0
     )
     stats = json.loads(capsys.readouterr().out)
@@ -118,20 +131,23 @@ def test_stats_json_and_histogram(good_file, tmp_path, capsys):
 
 
 def test_stats_table(good_file, tmp_path, capsys):
-    assert main(["data", "stats", str(good_file), "--plot", ""]) == 0
+    assert main(["data", "stats", str(good_file), "--tokenizer", "tiny", "--plot", ""]) == 0
     out = capsys.readouterr().out
     assert "supervised_share" in out and "vicuna_v1.1" in out
     assert not (tmp_path / "length_histogram.png").exists()
 
 
 def test_stats_skip_bad_counts(bad_file, capsys):
-    assert main(["data", "stats", str(bad_file), "--json", "--plot", "", "--skip_bad"]) == 0
+    assert (
+        main(["data", "stats", str(bad_file), "--tokenizer", "tiny", "--json", "--plot", "", "--skip_bad"])
+        == 0
+    )
     stats = json.loads(capsys.readouterr().out)
     assert (stats["records_read"], stats["conversations"], stats["skipped_records"]) == (2, 1, 1)
 
 
 def test_stats_bad_file_stops(bad_file, capsys):
-    assert main(["data", "stats", str(bad_file), "--json", "--plot", ""]) == 2
+    assert main(["data", "stats", str(bad_file), "--tokenizer", "tiny", "--json", "--plot", ""]) == 2
     assert "unknown_role" in capsys.readouterr().err
 
 
@@ -139,21 +155,36 @@ def test_stats_bad_file_stops(bad_file, capsys):
 
 
 def test_inspect_marks_supervised_text_when_piped(good_file, capsys):
-    assert main(["data", "inspect", str(good_file), "--index", "0"]) == 0
+    assert main(["data", "inspect", "--tokenizer", "tiny", str(good_file), "--index", "0"]) == 0
     out = capsys.readouterr().out
     assert "USER: What is 2 + 3? ASSISTANT:« 5</s>»" in out
     assert "record 0 (id g)" in out and "«…» = trained" in out
 
 
 def test_inspect_sample_and_other_template(capsys):
-    assert main(["data", "inspect", "--index", "0:2", "--conv_template", "llama-2"]) == 0
+    assert (
+        main(["data", "inspect", "--tokenizer", "tiny", "--index", "0:2", "--conv_template", "llama-2"]) == 0
+    )
     out = capsys.readouterr().out
     assert out.count("── record") == 2 and "[/INST]« " in out
 
 
 def test_inspect_json(good_file, capsys, tiny_tokenizer):
     assert (
-        main(["data", "inspect", str(good_file), "--index", "all", "--json", "--masking", "train_on_all"])
+        main(
+            [
+                "data",
+                "inspect",
+                "--tokenizer",
+                "tiny",
+                str(good_file),
+                "--index",
+                "all",
+                "--json",
+                "--masking",
+                "train_on_all",
+            ]
+        )
         == 0
     )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -161,7 +192,7 @@ def test_inspect_json(good_file, capsys, tiny_tokenizer):
     for row in rows:
         assert row["input_ids"] == tiny_tokenizer(row["text"], add_special_tokens=False).input_ids
         assert row["labels"] == row["input_ids"]  # train_on_all
-    assert main(["data", "inspect", str(good_file), "--index", "0", "--json"]) == 0
+    assert main(["data", "inspect", "--tokenizer", "tiny", str(good_file), "--index", "0", "--json"]) == 0
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["text"] == BUILTIN["vicuna_v1.1"].render(load_conversations(good_file)[0][0].messages).text
     supervised = [label for label in row["labels"] if label != IGNORE_INDEX]
@@ -169,7 +200,7 @@ def test_inspect_json(good_file, capsys, tiny_tokenizer):
 
 
 def test_inspect_index_out_of_range_is_a_clean_error(good_file, capsys):
-    assert main(["data", "inspect", str(good_file), "--index", "9"]) == 2
+    assert main(["data", "inspect", "--tokenizer", "tiny", str(good_file), "--index", "9"]) == 2
     assert "--index 9 is out of range" in capsys.readouterr().err
 
 

@@ -12,14 +12,29 @@ def sample_data_path() -> Path:
 
 
 def resolve_tokenizer(name: str | None, trust_remote_code: bool = False):
-    """'tiny' builds the test tokenizer locally; anything else is a hub id or directory."""
-    if name in (None, "tiny"):
+    """'tiny' builds the test tokenizer locally; anything else is a hub id or directory.
+
+    There is no default: token counts, truncation and masks depend on the vocabulary, and numbers
+    from a 600-token toy tokenizer silently stood in for the model's own."""
+    if name is None:
+        from .errors import UsageError
+
+        raise UsageError(
+            "pass --tokenizer DIR_OR_HUB_ID: the model's tokenizer (its model directory works), since token "
+            "counts and masks depend on it ('tiny' = the small built-in test tokenizer)"
+        )
+    if name == "tiny":
         from llama_sft.tiny import build_tokenizer
 
         return build_tokenizer()
     from llama_sft.data.tokenizer import load_tokenizer
 
     return load_tokenizer(name, trust_remote_code=trust_remote_code)
+
+
+def describe_tokenizer(name: str, tokenizer) -> str:
+    """One line naming the tokenizer a report was computed with."""
+    return f"{name} ({type(tokenizer).__name__}, {len(tokenizer):,} tokens, bos {tokenizer.bos_token!r}, eos {tokenizer.eos_token!r})"
 
 
 def parse_index(spec: str, total: int) -> list[int]:
@@ -51,8 +66,11 @@ def add_data_arguments(parser, tokenizer: bool = True, template: bool = True) ->
     if tokenizer:
         parser.add_argument(
             "--tokenizer",
-            default="tiny",
-            help="tokenizer dir or hub id ('tiny' = a small LLaMA-style BPE built locally)",
+            "--model_name_or_path",
+            dest="tokenizer",
+            default=None,
+            help="required: the model's tokenizer, as a model directory, tokenizer directory or hub id "
+            "('tiny' = a small LLaMA-style BPE built locally, for trying the command out)",
         )
         parser.add_argument(
             "--model_max_length", type=int, default=2048, help="truncate longer conversations"

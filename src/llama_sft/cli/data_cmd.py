@@ -6,7 +6,7 @@ import importlib
 import json
 import sys
 
-from .common import add_data_arguments, parse_index, resolve_tokenizer
+from .common import add_data_arguments, describe_tokenizer, parse_index, resolve_tokenizer
 
 
 def register(subparsers) -> None:
@@ -135,8 +135,8 @@ def cmd_stats(args) -> int:
     from llama_sft.data.dataset import encode_with_report
     from llama_sft.data.templates import get_template
 
+    tokenizer = resolve_tokenizer(args.tokenizer)  # before reading: a missing --tokenizer fails fast
     conversations, report = _load(args, None)
-    tokenizer = resolve_tokenizer(args.tokenizer)
     template = get_template(args.conv_template, tokenizer)
     _, stats = encode_with_report(
         conversations, template, tokenizer, args.model_max_length, args.masking, report
@@ -144,6 +144,7 @@ def cmd_stats(args) -> int:
     lengths = np.asarray(stats.lengths or [0])
     pct = {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99)}
     result = {
+        "tokenizer": describe_tokenizer(args.tokenizer, tokenizer),
         "records_read": report.records_read,
         "conversations": stats.conversations,
         "turns_mean": round(sum(len(c.turns) for c in conversations) / max(1, len(conversations)), 2),
@@ -155,6 +156,8 @@ def cmd_stats(args) -> int:
         **pct,
         "truncated": stats.truncated,
         "no_supervised_tokens": stats.dropped_no_supervised,
+        "boundary_tokens": stats.boundary_tokens,
+        "boundary_conversations": stats.boundary_conversations,
         "model_max_length": args.model_max_length,
         "skipped_records": len(report.skipped_ids),
     }
@@ -202,9 +205,9 @@ def cmd_inspect(args) -> int:
 
     from .common import sample_data_path
 
+    tokenizer = resolve_tokenizer(args.tokenizer)
     args.files = [args.file or str(sample_data_path())]
     conversations, report = _load(args, None)
-    tokenizer = resolve_tokenizer(args.tokenizer)
     template = get_template(args.conv_template, tokenizer)
     indices = parse_index(args.index, len(conversations))
     chosen = [conversations[i] for i in indices]
@@ -216,6 +219,7 @@ def cmd_inspect(args) -> int:
                     {
                         "index": i,
                         "id": conv.id,
+                        "tokenizer": args.tokenizer,
                         "text": enc.text,
                         "input_ids": enc.input_ids,
                         "labels": enc.labels,
@@ -229,6 +233,7 @@ def cmd_inspect(args) -> int:
 
     console = Console(highlight=False)
     colour = sys.stdout.isatty()
+    console.print(f"tokenizer: {describe_tokenizer(args.tokenizer, tokenizer)}", soft_wrap=True)
     for i, conv, enc in zip(indices, chosen, encoded, strict=False):
         supervised = [False] * len(enc.text)
         for (s, e), label in zip(enc.offsets, enc.labels, strict=True):

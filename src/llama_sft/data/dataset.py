@@ -20,7 +20,7 @@ from .issues import DataError, Issue, ValidationReport
 from .messages import Conversation
 from .templates import Template
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: rows carry their conversation group; boundary-token issues
 
 
 def default_cache_dir() -> Path:
@@ -59,6 +59,7 @@ class EncodeStats:
     truncated: int = 0
     dropped_no_supervised: int = 0
     boundary_tokens: int = 0
+    boundary_conversations: int = 0
     lengths: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -127,6 +128,18 @@ def encode_with_report(
             stats.tokens += len(enc.input_ids)
             stats.supervised_tokens += n_sup
             stats.boundary_tokens += enc.boundary_tokens
+            if enc.boundary_tokens:
+                stats.boundary_conversations += 1
+                report.add(
+                    Issue(
+                        file,
+                        index,
+                        "boundary_token",
+                        boundary_detail(enc),
+                        record_id=conv.id,
+                        severity="warning",
+                    )
+                )
             stats.lengths.append(len(enc.input_ids))
             rows.append(
                 {
@@ -134,10 +147,56 @@ def encode_with_report(
                     "labels": enc.labels,
                     "length": len(enc.input_ids),
                     "id": conv.id,
+                    "group": conv.extra.get("group", conv.id),
                 }
             )
     bar.close()
     return rows, stats
+
+
+def boundary_detail(enc, limit: int = 2) -> str:
+    """Which tokens straddle a reply's start, shown as 'prompt part|reply part'."""
+    shown = []
+    for s, _ in enc.spans:
+        for a, b in enc.offsets:
+            if a < s < b and len(shown) < limit:
+                shown.append(f"{enc.text[a:s]}|{enc.text[s:b]}")
+    more = f" (+{enc.boundary_tokens - len(shown)} more)" if enc.boundary_tokens > len(shown) else ""
+    return (
+        f"{enc.boundary_tokens} token(s) span the prompt/reply boundary, e.g. {', '.join(map(repr, shown))}{more}; "
+        "they are context, so the reply's first characters are not trained (the reply's start merges with "
+        "the end of the prompt; stripping leading whitespace from replies usually avoids it)"
+    )
+
+
+def group_hash(seed: int, group: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(f"{seed}\x00{group}".encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+    )
+
+
+def split_by_group(dataset, eval_ratio: float, seed: int):
+    """Hold out whole conversation groups, as `llama-sft data split` does: the pieces `data split-long`
+    cuts from one conversation share a group (their `parent_id`), so none of them is trained on while
+    another is evaluated. Groups are taken by smallest blake2b(seed, group) hash until the eval side
+    holds round(eval_ratio x rows) rows (at least one). Returns (train, eval)."""
+    groups = dataset["group"] if "group" in dataset.column_names else dataset["id"]
+    rows_by_group: dict[str, list[int]] = {}
+    for row, group in enumerate(groups):
+        rows_by_group.setdefault(str(group), []).append(row)
+    want = max(1, round(eval_ratio * len(dataset)))
+    held: list[int] = []
+    for group in sorted(rows_by_group, key=lambda g: group_hash(seed, g)):
+        if len(held) >= want:
+            break
+        held += rows_by_group[group]
+    if len(held) >= len(dataset):
+        raise ValueError(
+            f"--eval_ratio {eval_ratio}: the data has {len(rows_by_group)} conversation group(s); holding out "
+            "whole groups leaves nothing to train on. Lower --eval_ratio or pass --eval_data_path"
+        )
+    keep = sorted(set(range(len(dataset))) - set(held))
+    return dataset.select(keep), dataset.select(sorted(held))
 
 
 def cache_key(
@@ -263,6 +322,7 @@ def _encode_parallel(conversations, template, tokenizer, max_length, strategy, r
                 "truncated",
                 "dropped_no_supervised",
                 "boundary_tokens",
+                "boundary_conversations",
             ):
                 setattr(stats, k, getattr(stats, k) + getattr(part_stats, k))
             stats.lengths += part_stats.lengths

@@ -31,6 +31,7 @@ REPAIR_REASONS = {
 WARNING_REASONS = {
     "control_string": "content contains a template control string (it will be tokenized as such)",
     "truncated": "the conversation is longer than model_max_length and was truncated",
+    "boundary_token": "a token spans the prompt/reply boundary: it is context, so its reply part is never trained",
 }
 ALL_REASONS = {**ERROR_REASONS, **REPAIR_REASONS, **WARNING_REASONS}
 

@@ -98,10 +98,13 @@ def conversations_from_records(
             if found:
                 report.add(issue("control_string", f"turn {n} contains {found[:3]}", "warning"))
         report.records_kept += 1
+        parent = rec.data.get("parent_id") if isinstance(rec.data, dict) else None
         yield Conversation(
             messages=[Message(role, content) for role, content in pairs],
             id=rid or str(rec.index),
             source=f"{rec.file}#{rec.index}",
+            # Pieces `data split-long` cut from one conversation name it as parent_id: one group.
+            extra={"group": str(parent)} if isinstance(parent, (str, int)) and parent != "" else {},
         )
 
 

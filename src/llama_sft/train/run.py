@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
-from ..data.dataset import build_dataset, file_fingerprint
+from ..data.dataset import build_dataset, file_fingerprint, split_by_group
 from ..data.templates import get_template
 from ..data.tokenizer import load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
@@ -84,8 +84,10 @@ def build_datasets(run: RunConfig, tokenizer, template):
             evaluation, eval_report, _ = build_dataset(d.eval_data_path, **common)
             report.extend(eval_report)
     if evaluation is None and d.eval_ratio > 0:
-        split = train.train_test_split(test_size=d.eval_ratio, seed=run.training.seed)
-        train, evaluation = split["train"], split["test"]
+        try:
+            train, evaluation = split_by_group(train, d.eval_ratio, run.training.seed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     train = train.add_column("sample_index", list(range(len(train))))
     if evaluation is not None:
         evaluation = evaluation.add_column("sample_index", list(range(len(evaluation))))
@@ -102,16 +104,20 @@ def train(run: RunConfig) -> dict:
     train_ds, eval_ds, report, stats = build_datasets(run, tokenizer, template)
     if is_main_process():
         log.info(
-            "data: %d train conversations, %s eval; %d supervised tokens; %d truncated; %d warning(s), %d skipped",
+            "data: %d train conversations, %s eval; %d supervised tokens; %d truncated; "
+            "%d token(s) across a prompt/reply boundary in %d conversation(s); %d warning(s), %d skipped",
             len(train_ds),
             len(eval_ds) if eval_ds is not None else 0,
             stats["supervised_tokens"],
             stats["truncated"],
+            stats.get("boundary_tokens", 0),
+            stats.get("boundary_conversations", 0),
             len(report.warnings),
             len(report.skipped_ids),
         )
         for severity, reason, count, examples in report.summary_rows():
-            log.info("  %s %s: %d (e.g. %s)", severity, reason, count, "; ".join(examples))
+            first = next(i for i in report.issues if i.reason == reason)
+            log.info("  %s %s: %d (e.g. %s: %s)", severity, reason, count, "; ".join(examples), first.detail)
     for note in run.notes:
         log.warning(note)
     if t.dataloader_pin_memory and not __import__("torch").cuda.is_available():
