@@ -112,3 +112,61 @@ def _reloaded_ids(out_dir: Path, text: str) -> list[int]:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(out_dir))(text, add_special_tokens=False)["input_ids"]
+
+
+class TerminatorError(ValueError):
+    """Replies would be trained without a token that ends them."""
+
+
+def check_terminator(tokenizer, template) -> list[str]:
+    """Refuse a tokenizer/template pair whose replies end without a control token; returns warnings.
+
+    A reply is learned to stop only if its supervised span ends with one token the generator stops
+    on: EOS, or a template stop string that the tokenizer keeps whole (`<|eot_id|>`, `<|im_end|>`).
+    A tokenizer without `eos_token` renders `{eos}` as nothing, and one whose EOS string is not a
+    special token cuts it into ordinary pieces: either way the model would learn to run on, silently.
+    A BOS string that is not special only changes the prompt's first tokens, so it is a warning.
+    """
+    from .encode import labels_from_offsets
+    from .messages import Message
+    from .templates import SpecialText
+
+    special = SpecialText.from_tokenizer(tokenizer)
+    rendered = template.render([Message("user", "Hi"), Message("assistant", "Hello")], special=special)
+    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    labels, _ = labels_from_offsets(enc["input_ids"], enc["offset_mapping"], rendered.spans)
+    supervised = [i for i in labels if i != -100]
+    vocab = tokenizer.get_vocab()
+    stop_ids = {tokenizer.eos_token_id} | {vocab[s] for s in template.stop(special) if s in vocab}
+    # Control tokens a template may end replies with (a Jinja template's span also holds the newline after).
+    stop_ids |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    stop_ids -= {None, tokenizer.bos_token_id, tokenizer.unk_token_id}
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    if not any(i in stop_ids for i in supervised):
+        s, e = rendered.spans[-1]
+        tail = rendered.text[max(s, e - 12) : e]
+        if not tokenizer.eos_token:
+            why = "the tokenizer has no eos_token, so {eos} renders as nothing"
+        elif tokenizer(tokenizer.eos_token, add_special_tokens=False)["input_ids"] != [
+            tokenizer.eos_token_id
+        ]:
+            pieces = tokenizer(tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+            why = f"eos_token {tokenizer.eos_token!r} is not a special token here: it tokenizes as {len(pieces)} ordinary pieces {pieces}"
+        else:
+            why = f"the reply ends with {tail!r}, not with EOS or a stop token"
+        raise TerminatorError(
+            f"{name} with template {template.name!r}: replies would be trained without a terminator ({why}), so "
+            "the model would not learn to stop. Fix: set eos_token in the tokenizer's tokenizer_config.json to "
+            "its special end token (e.g. '</s>' for LLaMA-2, '<|eot_id|>' for LLaMA-3 instruct), or use a "
+            "template whose replies end with a special token (--conv_template)"
+        )
+    warnings = []
+    bos = tokenizer.bos_token
+    if bos and rendered.text.startswith(bos):
+        ids = tokenizer(bos, add_special_tokens=False)["input_ids"]
+        if ids != [tokenizer.bos_token_id]:
+            warnings.append(
+                f"{name}: bos_token {bos!r} is not a special token (it tokenizes as {ids}), so every prompt "
+                "starts with it as plain text; set bos_token to the tokenizer's special start token"
+            )
+    return warnings

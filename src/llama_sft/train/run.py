@@ -14,7 +14,7 @@ from pathlib import Path
 from ..config import ConfigError, RunConfig
 from ..data.dataset import build_dataset, file_fingerprint, split_by_group
 from ..data.templates import get_template
-from ..data.tokenizer import load_tokenizer, save_tokenizer
+from ..data.tokenizer import TerminatorError, check_terminator, load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
 from ..model.load import load_model, load_model_config, preflight
 from ..model.trained import BASE_CONFIG
@@ -61,6 +61,11 @@ def prepare_run(run: RunConfig):
         model_max_length=run.data.model_max_length,
     )
     template = get_template(run.data.conv_template, tokenizer)
+    try:
+        for warning in check_terminator(tokenizer, template):
+            log.warning(warning)
+    except TerminatorError as exc:
+        raise ConfigError(str(exc)) from None
     return model_config, tokenizer, template
 
 
