@@ -42,7 +42,9 @@ def stop_strings(template: Template, tokenizer) -> tuple[str, ...]:
 
 
 def context_length(model) -> int | None:
-    return getattr(model.config, "max_position_embeddings", None)
+    from .model.rope import scaled_context
+
+    return scaled_context(model.config)
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:

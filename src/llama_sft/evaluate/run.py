@@ -41,7 +41,9 @@ class EvalOptions:
 
 
 def trained_length(record: dict | None, model) -> int:
-    limit = getattr(model.config, "max_position_embeddings", None) or 2048
+    from ..generation import context_length
+
+    limit = context_length(model) or 2048
     if record and record.get("model_max_length"):
         return min(int(record["model_max_length"]), limit)
     return limit

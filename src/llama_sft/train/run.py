@@ -17,6 +17,7 @@ from ..data.templates import get_template
 from ..data.tokenizer import TerminatorError, check_terminator, load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
 from ..model.load import load_model, load_model_config, preflight
+from ..model.rope import check_rope_scaling, existing_scaling
 from ..model.trained import BASE_CONFIG
 from .callbacks import MetricsLogger
 from .collator import make_collator
@@ -49,10 +50,16 @@ def prepare_run(run: RunConfig):
             f"--model_name_or_path {run.model.model_name_or_path}: cannot read its config ({first}). "
             "Pass a local model directory (with config.json) or a hub id reachable from here."
         ) from None
+    have = existing_scaling(model_config)
+    if have is not None and run.model.rope_scaling_type is None:
+        run.model.rope_scaling_type = have["rope_type"]  # longer than the model: extend its own scaling
     run.validate(
         world_size=world_size(),
         max_position_embeddings=getattr(model_config, "max_position_embeddings", None),
     )
+    if have is not None and not (run.model.rope_scaling_factor or 0.0) > 1.0:
+        run.model.rope_scaling_type = None  # within the model's own context: its scaling stays as it is
+    check_rope_scaling(model_config, run.model.rope_scaling_type, run.model.rope_scaling_factor)
     preflight(run)
     setup_distributed(run)  # refuses what cannot shard or save; process group before any model loads
     tokenizer = load_tokenizer(
