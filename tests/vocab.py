@@ -62,7 +62,8 @@ VECTOR_SEPARATOR = "\n__ggml_vocab_test__\n"
 
 
 class VocabUnavailable(RuntimeError):
-    """The sdist could not be downloaded (offline, PyPI down): tests skip, they do not fail."""
+    """The sdist could not be downloaded (offline, PyPI down): tests skip on a laptop and fail under
+    CI=true (`ci.unavailable`)."""
 
 
 def vocab_cache() -> Path:

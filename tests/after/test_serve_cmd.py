@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from ci import require_module
 
 from llama_sft.serve.schema import APIError, ChatMessage, conversation_messages, validation_error
 
@@ -84,7 +85,7 @@ def server(full_run):
 
 @pytest.fixture(scope="module")
 def client(server):
-    openai = pytest.importorskip("openai")
+    openai = require_module("openai")
     return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
 
 

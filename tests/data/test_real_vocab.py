@@ -19,6 +19,7 @@ the cached conversion.
 from __future__ import annotations
 
 import pytest
+from ci import unavailable
 from vocab import VocabUnavailable, load_llama_tokenizer, read_vectors
 
 from llama_sft.data.encode import IGNORE_INDEX, encode_conversation
@@ -33,14 +34,14 @@ def load(kind: str, prepared: bool = True):
     try:
         return load_llama_tokenizer(kind, prepared=prepared)
     except VocabUnavailable as exc:
-        pytest.skip(f"LLaMA vocabularies unavailable: {exc}")
+        unavailable(f"LLaMA vocabularies unavailable: {exc}")
 
 
 def vectors(kind: str):
     try:
         return read_vectors(kind)
     except VocabUnavailable as exc:
-        pytest.skip(f"llama.cpp test vectors unavailable: {exc}")
+        unavailable(f"llama.cpp test vectors unavailable: {exc}")
 
 
 @pytest.fixture(scope="module")

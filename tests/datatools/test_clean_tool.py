@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from ci import require_module
 from dt_helpers import counts, read_jsonl, sharegpt
 
 from llama_sft.datatools.clean import (
@@ -170,7 +171,7 @@ def test_bad_drop_pattern_is_a_clear_error(cli, jsonl, tmp_path):
 
 
 def test_language_filter(cli, jsonl, tmp_path):
-    pytest.importorskip("py3langid")
+    require_module("py3langid")
     records = [
         sharegpt(
             "en", ("human", "What is the capital of France?"), ("gpt", "The capital of France is Paris.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from ci import require_module
 from dt_helpers import counts, read_jsonl, sharegpt
 
 SHAREGPT = [
@@ -131,7 +132,7 @@ def test_openai_content_parts_are_joined_and_counted(cli, jsonl, tmp_path):
 @pytest.mark.parametrize("with_ijson", [True, False])
 def test_json_array_input(cli, tmp_path, monkeypatch, with_ijson):
     if with_ijson:
-        pytest.importorskip("ijson")
+        require_module("ijson")
     else:
         import builtins
 

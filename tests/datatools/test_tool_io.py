@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from ci import require_module
 from dt_helpers import counts, read_jsonl, sharegpt
 
 from llama_sft.data.formats import iter_jsonl as reference_iter_jsonl
@@ -34,7 +35,7 @@ def test_json_named_jsonl_and_truncated_array(tmp_path):
     lines = tmp_path / "lines.json"
     lines.write_text('{"id": 1}\n{"id": 2}\n')
     assert [r.data for r in stream_records(lines)] == [{"id": 1}, {"id": 2}]
-    pytest.importorskip("ijson")
+    require_module("ijson")
     broken = tmp_path / "broken.json"
     broken.write_text('[{"id": 1}, {"id": 2}, {"id": ')
     found = list(stream_records(broken))

@@ -89,6 +89,8 @@ def test_bad_config_fails_before_loading_weights(
         raise AssertionError("model weights were loaded before the config was checked")
 
     monkeypatch.setattr(run_module, "load_model", no_weights)
+    # The CUDA-only refusals (flash-attn) are checked as on a machine without CUDA, also on a GPU box.
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     code = main(
         ["train", "--model_name_or_path", str(tiny_model_dir), "--data_path", str(sharegpt_file), *flags]
     )
