@@ -96,6 +96,12 @@ class DataConfig:
     strict: bool = _help(
         "Treat repairs (dropped leading assistant / trailing user turns) as errors.", default=False
     )
+    special_tokens_in_content: str = _help(
+        "Special-token strings of the tokenizer (</s>, <|eot_id|>, ...) inside message content: warn (report; "
+        "they become control tokens), error (refuse those records; --strict implies it) or split (keep them "
+        "as plain text; chat, serve and eval read the policy back from the run).",
+        default="warn",
+    )
     preprocess_num_workers: int = _help(
         "Processes for tokenization of large files (1 = in process).", default=1
     )
@@ -275,6 +281,10 @@ class RunConfig:
             )
         if d.packing not in PACKING:
             raise ConfigError(f"--packing {d.packing!r}: choose one of {', '.join(PACKING)}")
+        if d.special_tokens_in_content not in ("warn", "error", "split"):
+            raise ConfigError(
+                f"--special_tokens_in_content {d.special_tokens_in_content!r}: choose warn, error or split"
+            )
         if not 0.0 <= d.eval_ratio < 1.0:
             raise ConfigError(f"--eval_ratio {d.eval_ratio}: must be in [0, 1)")
         if d.model_max_length < 8:

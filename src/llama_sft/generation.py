@@ -37,6 +37,21 @@ def build_prompt(template: Template, tokenizer, messages: list[Message]) -> str:
     ).text
 
 
+def prompt_ids(template: Template, tokenizer, messages: list[Message]) -> tuple[str, list[int]]:
+    """The prompt text and its ids, tokenized under the tokenizer's special-token policy (as training)."""
+    from .data.special_content import content_hits, encode_split, policy_of, special_strings
+
+    special = SpecialText.from_tokenizer(tokenizer)
+    if policy_of(tokenizer) != "split":
+        text = build_prompt(template, tokenizer, messages)
+        return text, tokenizer(text, add_special_tokens=False)["input_ids"]
+    rendered, hits = content_hits(
+        template, messages, special, special_strings(tokenizer), add_generation_prompt=True
+    )
+    ids, _ = encode_split(tokenizer, [rendered.text], [hits])
+    return rendered.text, ids[0]
+
+
 def stop_strings(template: Template, tokenizer) -> tuple[str, ...]:
     return template.stop(SpecialText.from_tokenizer(tokenizer))
 
@@ -89,8 +104,7 @@ class ReplyStream:
         params: SamplingParams | None = None,
     ):
         self.model, self.tokenizer, self.params = model, tokenizer, params or SamplingParams()
-        self.prompt = build_prompt(template, tokenizer, messages)
-        self.prompt_ids = tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
+        self.prompt, self.prompt_ids = prompt_ids(template, tokenizer, messages)
         self.stops = tuple(dict.fromkeys([*stop_strings(template, tokenizer), *self.params.stop]))
         vocab = tokenizer.get_vocab()
         self.stop_ids = {tokenizer.eos_token_id} | {vocab[s] for s in self.stops if s in vocab}
@@ -182,6 +196,7 @@ def load_for_inference(
     that has neither a llama-sft template nor a tokenizer chat_template). Fails before loading any
     weights when there is no template to use.
     """
+    from .data.special_content import attach_policy
     from .data.templates import get_template
     from .data.tokenizer import load_tokenizer
     from .model.trained import is_adapter_dir, load_trained
@@ -203,7 +218,7 @@ def load_for_inference(
     if dtype not in dtypes:
         raise ValueError(f"dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
     device = resolve_device(device)
-    tokenizer = load_tokenizer(str(path))
+    tokenizer = attach_policy(load_tokenizer(str(path)), path)  # the run's special-token policy
     try:
         saved = load_run_template(path, tokenizer)
     except TemplateError:

@@ -50,6 +50,8 @@ RAW_CASES = {  # reasons found before a record can be parsed: (JSONL line bytes,
     ),
 }
 ENCODE_CASES = ("truncated", "no_supervised_tokens")  # need a tokenizer: tested below
+# Also need a tokenizer: tests/data/test_boundary_report.py, tests/data/test_special_content.py
+ENCODE_CASES += ("boundary_token", "special_token_in_content")
 
 
 def test_every_reason_has_a_test():

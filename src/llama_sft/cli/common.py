@@ -76,6 +76,13 @@ def add_data_arguments(parser, tokenizer: bool = True, template: bool = True) ->
             "--model_max_length", type=int, default=2048, help="truncate longer conversations"
         )
         parser.add_argument(
+            "--special_tokens_in_content",
+            default="warn",
+            choices=["warn", "error", "split"],
+            help="special-token strings (</s>, <|eot_id|>, ...) in content: warn (report), error (refuse; "
+            "--strict implies it) or split (count them as plain text, as training with this policy does)",
+        )
+        parser.add_argument(
             "--masking",
             default="train_on_assistant",
             choices=["train_on_assistant", "train_on_last", "train_on_all"],

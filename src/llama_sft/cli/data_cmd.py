@@ -119,7 +119,13 @@ def cmd_validate(args) -> int:
         tokenizer = resolve_tokenizer(args.tokenizer)
         template = get_template(args.conv_template, tokenizer)
         encode_with_report(
-            conversations, template, tokenizer, args.model_max_length, "train_on_assistant", report
+            conversations,
+            template,
+            tokenizer,
+            args.model_max_length,
+            "train_on_assistant",
+            report,
+            special_policy="error" if args.strict else "warn",  # special-token strings in content
         )
     if args.json:
         for issue in report.issues:
@@ -138,8 +144,13 @@ def cmd_stats(args) -> int:
     tokenizer = resolve_tokenizer(args.tokenizer)  # before reading: a missing --tokenizer fails fast
     conversations, report = _load(args, None)
     template = get_template(args.conv_template, tokenizer)
+    policy = (
+        "error"
+        if args.strict and args.special_tokens_in_content == "warn"
+        else args.special_tokens_in_content
+    )
     _, stats = encode_with_report(
-        conversations, template, tokenizer, args.model_max_length, args.masking, report
+        conversations, template, tokenizer, args.model_max_length, args.masking, report, special_policy=policy
     )
     lengths = np.asarray(stats.lengths or [0])
     pct = {f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99)}
@@ -158,15 +169,17 @@ def cmd_stats(args) -> int:
         "no_supervised_tokens": stats.dropped_no_supervised,
         "boundary_tokens": stats.boundary_tokens,
         "boundary_conversations": stats.boundary_conversations,
+        "special_tokens_in_content": stats.special_in_content,
         "model_max_length": args.model_max_length,
         "skipped_records": len(report.skipped_ids),
     }
     if args.plot:
         plot_lengths(stats.lengths, args.model_max_length, args.plot)
         result["histogram"] = args.plot
+    failed = int(any(i.severity == "error" and i.reason == "special_token_in_content" for i in report.issues))
     if args.json:
         print(json.dumps(result))
-        return 0
+        return failed
     from rich.console import Console
     from rich.table import Table
 
@@ -178,7 +191,7 @@ def cmd_stats(args) -> int:
     Console().print(table)
     if report.issues:
         print_report(report, show=5)
-    return 0
+    return failed
 
 
 def plot_lengths(lengths, max_length: int, path: str) -> None:
@@ -211,7 +224,9 @@ def cmd_inspect(args) -> int:
     template = get_template(args.conv_template, tokenizer)
     indices = parse_index(args.index, len(conversations))
     chosen = [conversations[i] for i in indices]
-    encoded = encode_conversations(chosen, template, tokenizer, args.model_max_length, args.masking)
+    encoded = encode_conversations(
+        chosen, template, tokenizer, args.model_max_length, args.masking, args.special_tokens_in_content
+    )
     if args.json:
         for i, conv, enc in zip(indices, chosen, encoded, strict=False):
             print(

@@ -60,6 +60,7 @@ class EncodeStats:
     dropped_no_supervised: int = 0
     boundary_tokens: int = 0
     boundary_conversations: int = 0
+    special_in_content: int = 0
     lengths: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -76,12 +77,17 @@ def encode_with_report(
     strategy: str,
     report: ValidationReport,
     batch_size: int = 1000,
+    special_policy: str = "warn",
 ):
-    """Encode in batches, adding truncation / no-supervised-token issues to `report`.
+    """Encode in batches, adding truncation / no-supervised-token / special-token issues to `report`.
 
     Returns (rows, stats); each row is a dict with input_ids, labels, length, id.
     """
     from tqdm.auto import tqdm
+
+    from .special_content import find_special, special_strings
+
+    strings = special_strings(tokenizer)
 
     rows, stats = [], EncodeStats()
     # A bar only when there is something to wait for (and never in tests' tiny files).
@@ -91,10 +97,18 @@ def encode_with_report(
     for start in range(0, len(conversations), batch_size):
         bar.update(min(batch_size, len(conversations) - start))
         chunk = conversations[start : start + batch_size]
-        encoded = encode_conversations(chunk, template, tokenizer, max_length, strategy)
+        found = [_special_issue(c, strings, special_policy, find_special) for c in chunk]
+        for issue in filter(None, found):
+            report.add(issue)
+            stats.special_in_content += 1
+            if issue.severity == "error":
+                report.skipped_ids.append(issue.record_id)
+        chunk = [
+            c for c, issue in zip(chunk, found, strict=True) if issue is None or issue.severity != "error"
+        ]
+        encoded = encode_conversations(chunk, template, tokenizer, max_length, strategy, special_policy)
         for conv, enc in zip(chunk, encoded, strict=True):
-            file, _, index = conv.source.rpartition("#")
-            file, index = (file or conv.source), int(index) if index.isdigit() else -1
+            file, index = _location(conv)
             if enc.truncated:
                 stats.truncated += 1
                 report.add(
@@ -152,6 +166,30 @@ def encode_with_report(
             )
     bar.close()
     return rows, stats
+
+
+def _location(conv) -> tuple[str, int]:
+    file, _, index = conv.source.rpartition("#")
+    return (file or conv.source), int(index) if index.isdigit() else -1
+
+
+def _special_issue(conv, strings, policy: str, find_special) -> Issue | None:
+    """A special-token string in any message: an error under `error`, else a warning."""
+    hits = {n: find_special(m.content, strings) for n, m in enumerate(conv.messages)}
+    hits = {n: h for n, h in hits.items() if h}
+    if not hits:
+        return None
+    file, index = _location(conv)
+    effect = {
+        "split": "kept as plain text (--special_tokens_in_content split)",
+        "warn": "they become control tokens; --special_tokens_in_content split keeps them as text, error refuses",
+        "error": "refused (--special_tokens_in_content error or --strict); split keeps them as plain text",
+    }[policy]
+    where = "; ".join(f"message {n} ({conv.messages[n].role}) has {h[:3]}" for n, h in hits.items())
+    severity = "error" if policy == "error" else "warning"
+    return Issue(
+        file, index, "special_token_in_content", f"{where}: {effect}", record_id=conv.id, severity=severity
+    )
 
 
 def boundary_detail(enc, limit: int = 2) -> str:
@@ -231,13 +269,22 @@ def build_dataset(
     cache_dir: str | Path | None = None,
     num_workers: int = 1,
     use_cache: bool = True,
+    special_policy: str = "warn",
 ):
     """Load, validate, encode and cache. Returns (datasets.Dataset, ValidationReport, stats dict)."""
     import datasets
 
     from .validate import load_conversations
 
-    key = cache_key(paths, tokenizer, template, max_length, strategy, f"{data_format}|{skip_bad}|{strict}")
+    special_policy = "error" if strict and special_policy == "warn" else special_policy
+    key = cache_key(
+        paths,
+        tokenizer,
+        template,
+        max_length,
+        strategy,
+        f"{data_format}|{skip_bad}|{strict}|{special_policy}",
+    )
     target = Path(cache_dir or default_cache_dir()) / key
     if use_cache and (target / "meta.json").exists():
         meta = json.loads((target / "meta.json").read_text())
@@ -258,11 +305,13 @@ def build_dataset(
     )
     if num_workers > 1 and len(conversations) > 2000:
         rows, stats = _encode_parallel(
-            conversations, template, tokenizer, max_length, strategy, report, num_workers
+            conversations, template, tokenizer, max_length, strategy, report, num_workers, special_policy
         )
     else:
-        rows, stats = encode_with_report(conversations, template, tokenizer, max_length, strategy, report)
-    if stats.dropped_no_supervised and not skip_bad:
+        rows, stats = encode_with_report(
+            conversations, template, tokenizer, max_length, strategy, report, special_policy=special_policy
+        )
+    if (stats.dropped_no_supervised or report.errors) and not skip_bad:
         raise DataError(report)
     if not rows:
         raise (
@@ -288,18 +337,22 @@ def build_dataset(
 
 
 def _encode_chunk(args):
-    conversations, template, tokenizer_json, specials, max_length, strategy = args
+    conversations, template, tokenizer_json, specials, max_length, strategy, special_policy = args
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=__import__("tokenizers").Tokenizer.from_str(tokenizer_json), **specials
     )
     report = ValidationReport()
-    rows, stats = encode_with_report(conversations, template, tokenizer, max_length, strategy, report)
+    rows, stats = encode_with_report(
+        conversations, template, tokenizer, max_length, strategy, report, special_policy=special_policy
+    )
     return rows, stats, report
 
 
-def _encode_parallel(conversations, template, tokenizer, max_length, strategy, report, num_workers):
+def _encode_parallel(
+    conversations, template, tokenizer, max_length, strategy, report, num_workers, special_policy="warn"
+):
     """Tokenize in worker processes; the tokenizer travels as its JSON so workers need no hub."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -310,7 +363,8 @@ def _encode_parallel(conversations, template, tokenizer, max_length, strategy, r
     rows, stats = [], EncodeStats()
     with ProcessPoolExecutor(num_workers) as pool:
         for part_rows, part_stats, part_report in pool.map(
-            _encode_chunk, [(c, template, tokenizer_json, specials, max_length, strategy) for c in chunks]
+            _encode_chunk,
+            [(c, template, tokenizer_json, specials, max_length, strategy, special_policy) for c in chunks],
         ):
             rows += part_rows
             report.issues += part_report.issues
@@ -323,6 +377,7 @@ def _encode_parallel(conversations, template, tokenizer, max_length, strategy, r
                 "dropped_no_supervised",
                 "boundary_tokens",
                 "boundary_conversations",
+                "special_in_content",
             ):
                 setattr(stats, k, getattr(stats, k) + getattr(part_stats, k))
             stats.lengths += part_stats.lengths

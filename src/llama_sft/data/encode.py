@@ -115,17 +115,34 @@ def encode_conversations(
     tokenizer,
     max_length: int | None = None,
     strategy: str = "train_on_assistant",
+    special_policy: str | None = None,
 ) -> list[Encoded]:
-    """Render, tokenize in one batched call, and label. Truncates from the right to `max_length`."""
+    """Render, tokenize in one batched call, and label. Truncates from the right to `max_length`.
+
+    `special_policy` (see special_content.py; default: the tokenizer's, else warn): with `split`,
+    special-token strings in message content are tokenized as plain text."""
+    from .special_content import content_hits, encode_split, policy_of, special_strings
+
     special = SpecialText.from_tokenizer(tokenizer)
-    rendered = [template.render(c.messages, special=special) for c in conversations]
-    texts = [r.text for r in rendered]
-    if not texts:
+    if not conversations:
         return []
-    # Only ids and offsets: skipping the attention mask saves a Python list per conversation.
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    if policy_of(tokenizer, special_policy) == "split":
+        strings = special_strings(tokenizer)
+        pairs = [content_hits(template, c.messages, special, strings) for c in conversations]
+        rendered = [r for r, _ in pairs]
+        all_ids, all_offsets = encode_split(tokenizer, [r.text for r in rendered], [h for _, h in pairs])
+    else:
+        rendered = [template.render(c.messages, special=special) for c in conversations]
+        # Only ids and offsets: skipping the attention mask saves a Python list per conversation.
+        enc = tokenizer(
+            [r.text for r in rendered],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+        )
+        all_ids, all_offsets = enc["input_ids"], enc["offset_mapping"]
     out = []
-    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
+    for r, ids, offsets in zip(rendered, all_ids, all_offsets, strict=True):
         check_bos(ids, tokenizer, r.text)
         labels, straddle = labels_from_offsets(ids, offsets, supervised_spans(r, strategy))
         full = len(ids)
@@ -141,5 +158,6 @@ def encode_conversation(
     tokenizer,
     max_length: int | None = None,
     strategy: str = "train_on_assistant",
+    special_policy: str | None = None,
 ) -> Encoded:
-    return encode_conversations([conversation], template, tokenizer, max_length, strategy)[0]
+    return encode_conversations([conversation], template, tokenizer, max_length, strategy, special_policy)[0]

@@ -21,6 +21,8 @@ ERROR_REASONS = {
     "not_alternating": "user and assistant turns do not alternate",
     "no_assistant_turn": "there is no assistant turn to learn from",
     "no_supervised_tokens": "after truncation no token is left to learn from",
+    # With --special_tokens_in_content error (or --strict) this is an error; else a warning.
+    "special_token_in_content": "content holds a special-token string of the tokenizer (e.g. </s>)",
 }
 # Repairs we apply by default (errors under --strict).
 REPAIR_REASONS = {

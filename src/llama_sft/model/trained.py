@@ -21,12 +21,13 @@ def load_trained(run_dir: str | Path, dtype=None, device: str | None = None, mer
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from ..data.special_content import attach_policy
     from ..data.tokenizer import load_tokenizer
     from ..train.outputs import load_run_template
 
     run_dir = Path(run_dir)
     dtype = dtype or torch.float32
-    tokenizer = load_tokenizer(str(run_dir))
+    tokenizer = attach_policy(load_tokenizer(str(run_dir)), run_dir)  # special tokens in content
     if is_adapter_dir(run_dir):
         from peft import PeftModel
 

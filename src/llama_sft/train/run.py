@@ -88,6 +88,7 @@ def build_datasets(run: RunConfig, tokenizer, template):
         strict=d.strict,
         cache_dir=d.data_cache_dir,
         num_workers=d.preprocess_num_workers,
+        special_policy=d.special_tokens_in_content,
     )
     with run.training.main_process_first(desc="tokenizing data"):
         train, report, stats = build_dataset(d.data_path, **common)
@@ -208,6 +209,8 @@ def train(run: RunConfig) -> dict:
             extra={
                 "summary": summary,
                 "rope_parameters": getattr(model_config, "rope_parameters", None),
+                # chat, serve and eval tokenize prompts under the same policy (data/special_content.py)
+                "special_tokens_in_content": run.data.special_tokens_in_content,
                 "distributed": sharding.info,
             },
         )
