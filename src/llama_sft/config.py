@@ -225,7 +225,42 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections or keys")
-    return flatten_yaml(data, str(path))
+    return resolve_config_paths(flatten_yaml(data, str(path)), path)
+
+
+# Keys naming files a run reads. In a config file they are relative to that file, so a config runs
+# the same from any directory (`deepspeed: deepspeed/zero2.json` next to configs/*.yaml). Outputs
+# (output_dir, data_cache_dir) stay relative to where the run starts, like every flag.
+CONFIG_RELATIVE = (
+    "data_path",
+    "eval_data_path",
+    "deepspeed",
+    "fsdp_config",
+    "lora_weight_path",
+    "conv_template",
+)
+
+
+def resolve_config_paths(flat: dict[str, Any], config_file: Path) -> dict[str, Any]:
+    base = config_file.resolve().parent
+
+    def resolve(value: Any, key: str) -> Any:
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            return value
+        if key == "conv_template" and not value.endswith((".yaml", ".yml", ".jinja", ".j2")):
+            return value  # a template name, not a file
+        if key == "fsdp_config" and not value.endswith(".json"):
+            return value
+        return str(base / value)
+
+    for key in CONFIG_RELATIVE:
+        if key in flat:
+            value = flat[key]
+            flat[key] = [resolve(v, key) for v in value] if isinstance(value, list) else resolve(value, key)
+    model = flat.get("model_name_or_path")
+    if isinstance(model, str) and model and (base / model).is_dir():
+        flat["model_name_or_path"] = str(base / model)  # a local directory beside the config (else a hub id)
+    return flat
 
 
 def normalize_argv(argv: list[str]) -> list[str]:

@@ -55,9 +55,12 @@ def run_train(argv: list[str]) -> int:
 
     def go():
         from ..config import parse_run_config
+        from ..train.distributed import deepspeed_in_one_process
         from ..train.run import train
 
+        note = deepspeed_in_one_process(argv, config_file)
         run = parse_run_config(argv, config_file)
+        run.notes += [note] if note else []
         train(run)
         return 0
 

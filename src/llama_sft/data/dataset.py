@@ -323,7 +323,14 @@ def build_dataset(
     summary = stats.to_dict()
     if use_cache:
         target.mkdir(parents=True, exist_ok=True)
-        dataset.save_to_disk(str(target / "data"))
+        quiet = not datasets.are_progress_bars_disabled()
+        if quiet:  # a bar for writing a cache the user never asked about is noise
+            datasets.disable_progress_bars()
+        try:
+            dataset.save_to_disk(str(target / "data"))
+        finally:
+            if quiet:
+                datasets.enable_progress_bars()
         meta = {
             "records_read": report.records_read,
             "records_kept": report.records_kept,

@@ -24,6 +24,36 @@ def launched() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def deepspeed_in_one_process(argv: list[str], config_file: str | None) -> str | None:
+    """DeepSpeed needs a process group even for one process. Run without a launcher (the README's
+    `llama-sft train configs/llama2-7b-qlora.yaml ...`), make it a world of one, as `deepspeed
+    --num_gpus 1` would, instead of failing. Call before TrainingArguments exist (they read the
+    environment). Returns a note for the user, or None when nothing was done."""
+    from ..config import load_yaml
+
+    if launched():
+        return None
+    flagged = any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in argv)
+    if not flagged and not (config_file and load_yaml(config_file).get("deepspeed")):
+        return None
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    import torch
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
+                       "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       # what this process already uses; else accelerate sets 2 and warns about it
+                       "OMP_NUM_THREADS": str(torch.get_num_threads())}.items():  # fmt: skip
+        os.environ.setdefault(key, value)
+    return (
+        "DeepSpeed without a launcher: running as one process on one device. For several GPUs: "
+        "deepspeed --num_gpus N $(which llama-sft) train ..."
+    )
+
+
 def process_count() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
