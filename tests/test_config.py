@@ -53,7 +53,7 @@ def test_every_field_has_help():
 def test_yaml_sections(tmp_path):
     run = parse(config_file=write(tmp_path, YAML)).validate()
     assert run.model.model_name_or_path == "/models/llama-2-7b"
-    assert run.data.data_path == ["train.json"] and run.data.conv_template == "llama-2"
+    assert run.data.data_path == [str(tmp_path / "train.json")] and run.data.conv_template == "llama-2"
     assert run.data.model_max_length == 1024
     assert run.lora.lora_r == 16 and run.lora.lora_target_modules == ["q_proj", "v_proj"]
     assert run.training.learning_rate == 2e-4 and run.training.per_device_train_batch_size == 2
@@ -62,7 +62,7 @@ def test_yaml_sections(tmp_path):
 
 def test_yaml_flat_keys_and_scalars_for_lists(tmp_path):
     run = parse(config_file=write(tmp_path, FLAT_YAML)).validate()
-    assert run.data.data_path == ["train.json"]  # a scalar where a list is expected becomes a list
+    assert run.data.data_path == [str(tmp_path / "train.json")]  # a list, relative to the config file
     assert (run.model.model_name_or_path, run.lora.lora_r, run.training.learning_rate) == (
         "/models/llama-2-7b",
         16,
