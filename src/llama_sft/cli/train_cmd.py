@@ -22,7 +22,8 @@ Examples:
 Most used: --method full|lora|qlora (or --q_lora True), --lora_r, --lora_alpha, --lora_target_modules,
 --conv_template vicuna_v1.1, --model_max_length, --packing none|padded|packed, --masking,
 --eval_data_path / --eval_ratio with --eval_strategy steps --eval_steps N, --save_strategy,
---resume_from_checkpoint auto, --gradient_checkpointing True, --deepspeed FILE, --rope_scaling_type.
+--resume_from_checkpoint auto, --activation_checkpointing True (FastChat: --gradient_checkpointing),
+--deepspeed FILE (a config's paths are relative to it), --rope_scaling_type, --special_tokens_in_content.
 All flags (every transformers TrainingArguments field is one) follow.
 """
 
