@@ -42,10 +42,10 @@ from ..data.encode import IGNORE_INDEX
 
 log = logging.getLogger("llama_sft")
 
-# Elements of one chunk's logits: 2^23 (32 MiB in fp32) keeps the head's working set below one decoder
-# layer's activations for any realistic row, yet a chunk is still a large matmul (128 rows x 49k vocab,
-# 64 x 128k). benchmarks/results/memory.md measures what it costs.
-CHUNK_ELEMENTS = 2**23
+# Elements of one chunk's logits: 2^24 (64 MiB in fp32) keeps the head's working set at a tenth of
+# plain cross-entropy's for a 2048-token row, yet a chunk is still a large matmul (256 rows x 49k vocab,
+# 128 x 128k). benchmarks/results/memory.md measures what it costs.
+CHUNK_ELEMENTS = 2**24
 MIN_CHUNK, MAX_CHUNK = 16, 4096
 
 
@@ -67,30 +67,36 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             h, t = hidden[start : start + chunk], targets[start : start + chunk]
             logits = torch.nn.functional.linear(h, weight)  # the head's dtype (bf16 under autocast)
-            z = logits.float()
-            lse = torch.logsumexp(z, dim=-1)
-            total += (lse - z.gather(1, t[:, None]).squeeze(1)).sum()
+            z = logits.float()  # the same tensor when the head is fp32: it is overwritten in place below
+            target = z.gather(1, t[:, None])
+            top = z.amax(dim=-1, keepdim=True)
+            e = z.sub_(top).exp_()  # one exp pass serves the loss and its gradient
+            norm = e.sum(dim=-1, keepdim=True)
+            total += (norm.log() + top - target).sum()
             if not (need_h or need_w):
                 continue
-            # d(sum CE)/d logits = softmax - one_hot, made in place in the fp32 buffer
-            z = z if z is not logits else z.clone()
-            g = z.sub_(lse[:, None]).exp_()
+            # d(sum CE)/d logits = softmax - one_hot
+            g = e.div_(norm)
             g[torch.arange(len(t), device=g.device), t] -= 1
             g = g.to(logits.dtype)
             if need_h:
                 grad_h[start : start + chunk] = torch.nn.functional.linear(g, weight.t()).to(hidden.dtype)
-            if need_w:
+            if need_w and g.dtype == torch.float32:
+                grad_w.addmm_(g.t(), h.float())  # in place: one pass over the V x h accumulator per chunk
+            elif need_w:
                 grad_w += (g.t() @ h.to(g.dtype)).float()
-            del logits, z, g
+            del logits, z, e, g
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_h, grad_w)
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
+        # In place: the gradients were made for this one backward (no second backward through the loss:
+        # retain_graph would see them scaled twice), and a V x h copy is what the chunking saves.
         grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        gh = grad_h.mul_(grad_out.to(grad_h.dtype)) if grad_h is not None else None
+        gw = grad_w.mul_(grad_out).to(ctx.weight_dtype) if grad_w is not None else None
         return gh, gw, None, None
 
 
