@@ -16,7 +16,7 @@ Models: the real SmolLM2-135M-Instruct (49,152 vocab, tied head, fp32) and a LLa
 (128,256 vocab, hidden 256, 2 layers, random weights). The machine is shared: plain and chunked runs
 alternate (ABBA) and medians are reported.
 
-    python benchmarks/memory.py            # ~40 min on 2 busy cores
+    python benchmarks/memory.py            # ~1 h on 2 cores shared with 7 other jobs
     python benchmarks/memory.py --quick    # 2048 tokens only
 
 Writes benchmarks/results/memory.{json,md}.
@@ -277,6 +277,10 @@ def main(argv=None) -> int:
         "--only", choices=["head", "step", "planner"], default=None,
         help="run one section and merge it into the existing results (each section names its own commit)",
     )  # fmt: skip
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="timed loss-alone pairs per setting at 2048 tokens"
+    )
+    ap.add_argument("--steps", type=int, default=2, help="timed whole steps per process at 2048 tokens")
     args = ap.parse_args(argv)
     seqs = [2048] if args.quick else [2048, 8192]
     out_json = RESULTS / "memory.json"
@@ -290,19 +294,21 @@ def main(argv=None) -> int:
         for model in ("smollm2", "llama3vocab"):
             for method in ("lora", "full"):
                 for seq in seqs:
-                    spec = {"kind": "head", "model": model, "method": method, "seq": seq, "repeats": 3}
+                    repeats = args.repeats if seq <= 2048 else 1  # 8192: for the memory, one timed pair
+                    spec = {"kind": "head", "model": model, "method": method, "seq": seq, "repeats": repeats}
                     runs.append(run_worker(script, spec))
                     print(json.dumps(summarize_heads(runs[-1:])[0]), flush=True)
         result["head_header"], result["head_runs"], result["head"] = header(), runs, summarize_heads(runs)
     if args.only in (None, "step"):
         runs = []
-        plan = [("smollm2", m, 2048, 2) for m in ("lora", "full")]
-        plan += [("llama3vocab", m, s, 2 if s <= 2048 else 1) for m in ("lora", "full") for s in seqs]
-        plan += [] if args.quick else [("smollm2", "lora", 8192, 1)]
+        # (model, method, tokens, process pairs): ABBA where two pairs fit the time this shared machine allows
+        plan = [("smollm2", "lora", 2048, 2), ("smollm2", "full", 2048, 1)]
+        plan += [("llama3vocab", m, 2048, 1) for m in ("lora", "full")]
+        plan += [] if args.quick else [("smollm2", "lora", 8192, 1), ("llama3vocab", "lora", 8192, 1)]
         for model, method, seq, pairs in plan:
             for i in range(pairs):
                 for impl in ("plain", "chunked") if i % 2 == 0 else ("chunked", "plain"):
-                    steps = 2 if seq <= 2048 else 1
+                    steps = args.steps if seq <= 2048 else 1
                     spec = {"kind": "step", "model": model, "method": method, "seq": seq, "impl": impl,
                             "warmup": 1, "steps": steps}  # fmt: skip
                     runs.append(run_worker(script, spec))
