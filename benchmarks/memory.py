@@ -317,6 +317,9 @@ def main(argv=None) -> int:
         result["step_header"], result["step_runs"], result["step"] = header(), runs, summarize_steps(runs)
     result["planner"] = planner_rows()
     RESULTS.mkdir(exist_ok=True)
+    if args.only and out_json.exists():  # sections may run at once: keep what the others wrote meanwhile
+        mine = {k: v for k, v in result.items() if k.startswith(args.only) or k in ("header", "planner")}
+        result = {**json.loads(out_json.read_text()), **mine}
     out_json.write_text(json.dumps(result, indent=1))
     (RESULTS / "memory.md").write_text(markdown(result))
     print(markdown(result))
