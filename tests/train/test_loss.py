@@ -36,7 +36,7 @@ from llama_sft.data.encode import IGNORE_INDEX
 from llama_sft.train import loss as loss_mod
 from llama_sft.train.collator import PaddingCollator
 from llama_sft.train.offload import ActivationOffload
-from llama_sft.train.packing import PackedCollator
+from llama_sft.train.packing import PackedCollator, register_packed_attention
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +48,7 @@ def small_chunks(monkeypatch):
 def tied_model(impl="sdpa_packed", hidden=32, tie=True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    register_packed_attention()
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=VOCAB,
@@ -66,18 +67,19 @@ def tied_model(impl="sdpa_packed", hidden=32, tie=True):
     return model
 
 
-def with_adapters(kind: str):
+def with_adapters(kind: str, base=None):
     from peft import LoraConfig, get_peft_model
 
+    base = base or (lambda: tiny_model("sdpa_packed"))
     if kind == "full":
-        return tiny_model("sdpa_packed")
+        return base()
     if kind == "tied":
         return tied_model()
     targets = ["q_proj", "v_proj", "down_proj"] + (["lm_head"] if kind == "lora_head" else [])
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False, use_dora=kind == "dora"
     )
-    return get_peft_model(tiny_model("sdpa_packed"), config)
+    return get_peft_model(base(), config)
 
 
 def loss_and_grads(model, batch, num_items):
@@ -321,3 +323,29 @@ if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(Path(__file__).parent))
     _ddp_worker(sys.argv[1])
+
+
+@pytest.mark.parametrize("kind", ["full", "lora", "lora_head"])
+def test_training_forward_keeps_no_tokens_x_vocab_tensor(kind):
+    """What makes packed batches (8 full rows) cheap again: no saved tensor grows with tokens x vocab."""
+    # hidden 48, intermediate 96: only logit-like tensors have VOCAB (64) columns
+    model = with_adapters(kind, lambda: tied_model(hidden=48, tie=False))
+    batch = collate("packed", conversations())
+    tokens = batch["input_ids"].numel()
+
+    def largest_vocab_wide():
+        sizes = [0]
+
+        def pack(t):
+            if t.dim() and t.shape[-1] == VOCAB and not isinstance(t, torch.nn.Parameter):
+                sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(**batch, num_items_in_batch=10).loss.backward()
+        grads(model)
+        return max(sizes)
+
+    assert largest_vocab_wide() >= tokens * VOCAB  # plain: the logits (and log-probabilities) are kept
+    loss_mod.install(model, "chunked")
+    assert largest_vocab_wide() <= 16 * VOCAB  # chunked: one chunk at most (16 positions here)
