@@ -58,6 +58,7 @@ def run_row(name, preset, method, ckpt, batch, seq) -> dict:
         attention_mask=False,
         grads_resident=False,
         device="cuda",
+        loss_impl="plain",  # measure.py trains with transformers' own loss
     )
     pred = estimate(shape, setting)
     row = {

@@ -96,6 +96,7 @@ def setting(case: Case, device: str = "cpu") -> Setting:
         attention_mask=case.padding or case.attn == "eager",
         grads_resident=case.grad_accum > 1,
         device=device,
+        loss_impl="plain",  # llama_sft.plan.measure trains with transformers' own loss
     )
 
 

@@ -23,6 +23,7 @@ from .exceptions import ConfigError  # re-exported: llama_sft.config.ConfigError
 METHODS = ("full", "lora", "qlora")
 ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
 PACKING = ("none", "padded", "packed")
+LOSS_IMPLS = ("chunked", "plain", "liger")  # train/loss.py
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FLAG_ALIASES = {
     "--evaluation_strategy": "--eval_strategy",
@@ -145,6 +146,23 @@ class SFTTrainingArguments(TrainingArguments):
             "help": "group_by_length (default: similar lengths share a batch, less padding), random, "
             "sequential or batch_rebalance. Length grouping orders each mega-batch of 50 batches by "
             "length; on small, very uniform datasets use random."
+        },
+    )
+    loss_impl: str = field(
+        default="chunked",
+        metadata={
+            "help": "Training loss: chunked (default; exact cross-entropy through lm_head a few hundred "
+            "supervised tokens at a time, never the full tokens x vocab logits), plain (transformers' "
+            "loss on full logits) or liger (liger-kernel's fused linear cross-entropy; needs the package "
+            "and a CUDA GPU). Evaluation always uses the model's own loss. See train/loss.py."
+        },
+    )
+    activation_offloading: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the tensors saved for backward in CPU RAM (pinned) instead of GPU memory, "
+            "copied back when backward needs them: long sequences fit at the cost of PCIe traffic. "
+            "Combine with --gradient_checkpointing to offload only each layer's input."
         },
     )
     global_batch_size: int | None = field(
@@ -360,9 +378,29 @@ class RunConfig:
                     f"x processes = {per_step}; pick e.g. {per_step * max(1, round(t.global_batch_size / per_step))}"
                 )
             t.gradient_accumulation_steps = t.global_batch_size // per_step
+        if t.loss_impl not in LOSS_IMPLS:
+            raise ConfigError(f"--loss_impl {t.loss_impl!r}: choose one of {', '.join(LOSS_IMPLS)}")
+        if t.loss_impl == "liger":
+            if problem := liger_problem():
+                raise ConfigError(
+                    f"--loss_impl liger: {problem}. Use --loss_impl chunked (exact, any device)."
+                )
         if m.flash_attn:
             m.attn_implementation = "flash_attention_2"
         return self
+
+
+def liger_problem() -> str | None:
+    """Why `--loss_impl liger` cannot run here, or None."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger-kernel is not installed (pip install liger-kernel; it needs triton and a CUDA GPU)"
+    if not torch.cuda.is_available():
+        return "liger-kernel's fused linear cross-entropy runs on a CUDA GPU; none is visible here"
+    return None
 
 
 # Flags transformers has since removed, as FastChat's scripts still pass them: name -> how to apply.

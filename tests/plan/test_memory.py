@@ -30,7 +30,9 @@ def test_hand_parameter_counts():
 
 
 def test_hand_breakdown_full_bf16():
-    s = Setting(method="full", micro_batch_size=1, seq_len=4, attention_mask=False, device="cpu")
+    s = Setting(
+        method="full", micro_batch_size=1, seq_len=4, attention_mask=False, device="cpu", loss_impl="plain"
+    )
     b = estimate(HAND, s)
     p = 760
     assert (b.weights, b.trainable, b.grads, b.optimizer) == (2 * p, 0, 2 * p, 4 * p)
@@ -104,7 +106,9 @@ def test_checkpointing_and_batch_scale_activations():
 
 
 def test_logits_dominate_at_128k_vocab():
-    s = Setting(method="lora", gradient_checkpointing=True, micro_batch_size=4, seq_len=2048)
+    s = Setting(
+        method="lora", gradient_checkpointing=True, micro_batch_size=4, seq_len=2048, loss_impl="plain"
+    )
     b = estimate(load_shape("llama3-8b"), s)
     assert b.phase == "loss-backward" and b.logits == 12 * 128256 * 4 * 2048
 

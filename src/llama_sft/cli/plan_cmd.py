@@ -73,6 +73,19 @@ def register(subparsers) -> None:
         action="store_true",
         help="gradients do not live across micro-steps (gradient_accumulation_steps 1)",
     )
+    p.add_argument(
+        "--loss-impl",
+        choices=["chunked", "plain", "liger"],
+        default="chunked",
+        help="training loss, as `llama-sft train --loss_impl`: chunked (default) never makes the full "
+        "tokens x vocab logits; plain does (12 bytes x vocab per token at the start of backward)",
+    )
+    p.add_argument(
+        "--activation-offloading",
+        action="store_true",
+        help="as `llama-sft train --activation_offloading`: saved activations wait in host RAM "
+        "(reported in the notes), the GPU keeps about one layer's",
+    )
     p.add_argument("--largest", action="store_true", help="the largest preset each method can train here")
     p.add_argument("--all", action="store_true", help="also list settings that do not fit")
     p.add_argument("--json", action="store_true", help="print JSON (a list of rows) instead of tables")
@@ -138,6 +151,8 @@ def cmd_plan(args) -> int:
             attn=args.attn,
             attention_mask=args.attn != "flash_attention_2",
             grads_resident=not args.no_grad_accum,
+            loss_impl=args.loss_impl,
+            activation_offloading=args.activation_offloading,
         )
         methods = (args.method,) if args.method else None
         shape = load_shape(args.model) if args.model else None

@@ -46,6 +46,18 @@ The logits: the head writes bf16 logits (2V bytes per token), the loss upcasts t
 pass the loss gradient (4V) and the log_softmax gradient (4V) join the saved output: 12V per token,
 the peak of most steps (at 128k vocabulary that is 1.5 MB per token).
 
+With `loss_impl` chunked (the default of `llama-sft train`, train/loss.py) or liger, no full logits
+exist: the supervised positions go through the head `loss_chunk_tokens(V)` at a time (c), each
+chunk's bf16 logits, their fp32 softmax and its bf16 gradient (8V per chunk token) live only while
+that chunk is computed, and what lives to the backward pass is the gradient of the head's input
+(2h, 4h with a fp32 residual, per token) and, when the head trains, its fp32 V x h gradient
+accumulator (plus the bf16 cast handed to autograd). The planner counts every token as supervised.
+
+Activation offloading (`--activation_offloading`, train/offload.py) moves the tensors saved for
+backward to pinned host RAM as they are saved: the GPU keeps the final norm's and head's inputs and,
+during backward, one layer's saved tensors at a time (the layer inputs under checkpointing); the
+rest is counted as host memory.
+
 The peak is the largest of the step's phases: end of forward (`forward`), start of backward
 (`loss-backward`), the head's backward while full fine-tuning accumulates gradients
 (`head-backward`: a second V x h gradient), a recomputed layer's backward (`recompute`), when
@@ -66,6 +78,9 @@ METHODS = ("full", "lora", "qlora")
 SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp")
 OFFLOADS = ("none", "optimizer", "params")
 ATTENTION = ("sdpa", "flash_attention_2", "eager")
+LOSS_IMPLS = ("chunked", "plain", "liger")
+# train/loss.py's chunking, repeated here because plan/ sits below train/ (tests/plan checks they agree)
+LOSS_CHUNK_ELEMENTS = 2**24
 # NF4 stores 4 bits per weight plus, with double quantization, an 8-bit absmax per 64 weights and
 # a fp32 absmax per 256 of those (bitsandbytes' defaults for QLoRA).
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
@@ -93,6 +108,8 @@ class Setting:
     attention_mask: bool = True  # a padding/packing mask reaches attention (not with flash_attention_2)
     grads_resident: bool = True  # gradient accumulation keeps gradients between micro-steps
     device: str = "cuda"
+    loss_impl: str = "chunked"  # train/loss.py: chunked (default), plain (full logits) or liger
+    activation_offloading: bool = False  # saved activations in host RAM (train/offload.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -107,6 +124,8 @@ class Setting:
             raise ValueError("parameter offload needs zero3 or fsdp")
         if self.attn not in ATTENTION:
             raise ValueError(f"attn {self.attn!r}: choose one of {ATTENTION}")
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl {self.loss_impl!r}: choose one of {LOSS_IMPLS}")
         if self.precision not in ("bf16", "mixed"):
             raise ValueError("precision is bf16 or mixed")
         if self.micro_batch_size < 1 or self.seq_len < 1 or self.world_size < 1:
@@ -149,6 +168,24 @@ class Breakdown:
 
     def gib(self) -> dict[str, float]:
         return {t: round(getattr(self, t) / GIB, 3) for t in self.TERMS}
+
+
+def loss_chunk_tokens(vocab_size: int) -> int:
+    """Positions per chunk of the chunked loss (train/loss.py's `chunk_tokens`)."""
+    n = max(1, LOSS_CHUNK_ELEMENTS // max(1, vocab_size))
+    return max(16, min(4096, 1 << (n.bit_length() - 1)))
+
+
+def logits_bytes(shape: ModelShape, s: Setting) -> dict[str, float]:
+    """The loss's own bytes in each phase: plain keeps full logits, chunked one chunk's (module docstring)."""
+    v, h, t = shape.vocab_size, shape.hidden_size, s.tokens
+    if s.loss_impl == "plain":
+        return {"forward": 10 * v * t, "loss-backward": 12 * v * t}
+    chunk = min(t, loss_chunk_tokens(v))
+    kept = _residual_bytes(s) * h * t  # the gradient of the head's input, made in forward
+    if s.method == "full":  # the head trains: its fp32 gradient accumulator, and the cast autograd receives
+        kept += 4 * shape.lm_head_params + (2 * shape.lm_head_params if s.precision == "bf16" else 0)
+    return {"forward": kept + 8 * v * chunk, "loss-backward": kept}
 
 
 def layer_saved(shape: ModelShape, s: Setting) -> float:
@@ -338,12 +375,17 @@ def estimate(shape: ModelShape, s: Setting) -> Breakdown:
         kept = L * per_layer - _first_layer_discount(shape, s) * t + mask
     persistent = {k: params[k] for k in ("weights", "trainable", "optimizer")}
     grads = params["grads"] if s.grads_resident else params["grads_always"]
+    host_activations = 0.0
+    if s.activation_offloading:  # saved tensors wait on the host; one layer's come back at a time
+        host_activations = kept - mask
+        kept = mask + (res * h * t if s.gradient_checkpointing else per_layer)
+    loss = logits_bytes(shape, s)
     phases = {
-        "forward": dict(weights=copies_all, activations=kept + final, logits=10 * v * t),
+        "forward": dict(weights=copies_all, activations=kept + final, logits=loss["forward"]),
         "loss-backward": dict(
             weights=copies_all if not s.gradient_checkpointing else copies_all - copies_layer * L,
             activations=kept + final,
-            logits=12 * v * t,
+            logits=loss["loss-backward"],
         ),
     }
     if s.gradient_checkpointing:
@@ -354,7 +396,7 @@ def estimate(shape: ModelShape, s: Setting) -> Breakdown:
         phases["step"] = dict(weights=0.0, activations=0.0, logits=0.0, grads=params["step_grads"])
     if not s.grads_resident:
         phases["grads"] = dict(weights=0.0, activations=0.0, logits=0.0, grads=params["grads"])
-    elif s.method == "full" and not s.deepspeed and s.sharding != "fsdp":
+    elif s.method == "full" and not s.deepspeed and s.sharding != "fsdp" and s.loss_impl == "plain":
         # Accumulating: the head's new gradient is a second V x h tensor (bf16, plus its fp32 cast under
         # mixed precision) next to the stored one, while the logits' bf16 gradient is still alive.
         new_grad = shape.lm_head_params * (2 if s.precision == "bf16" else 6)
@@ -378,7 +420,7 @@ def estimate(shape: ModelShape, s: Setting) -> Breakdown:
         if best is None or b.allocated > best.allocated:
             best = b
     assert best is not None
-    best.host = params["host"]
+    best.host = params["host"] + host_activations
     if s.device == "cuda":
         best.overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * best.allocated + params["buffers"]
         best.overhead += COMM_BUFFERS if s.world_size > 1 else 0
@@ -388,4 +430,8 @@ def estimate(shape: ModelShape, s: Setting) -> Breakdown:
         best.notes.append("QLoRA not measured (bitsandbytes 4-bit needs CUDA)")
     if s.offload != "none":
         best.notes.append("needs host RAM for the offloaded states")
+    if s.activation_offloading:
+        best.notes.append(f"activations offloaded: {host_activations / GIB:.1f} GiB of host RAM per rank")
+    if s.loss_impl == "liger":
+        best.notes.append("liger modelled as the chunked loss")
     return best

@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 
 from .measure import RunSpec, shape_dict
 from .memory import GIB, estimate
-from .search import Row
+from .search import Row, largest_batch
 from .shapes import ModelShape
 
 
@@ -55,7 +55,12 @@ def try_batch(spec: RunSpec, timeout: float = 1800) -> dict:
 
 
 def probe(shape: ModelShape, row: Row, max_tries: int = 3) -> dict:
-    """Start at the predicted largest batch; step up while it fits, down while it does not."""
+    """Start at the predicted largest batch; step up while it fits, down while it does not.
+
+    The probe trains through `measure` with transformers' own loss, so it checks the plain-loss row.
+    """
+    if row.setting.loss_impl != "plain":
+        row = largest_batch(shape, replace(row.setting, loss_impl="plain"), row.gpu_bytes)
     predicted = max(row.micro_batch_size, 1)
     tries, best_ok, lowest_oom = [], 0, None
     batch = predicted

@@ -73,6 +73,8 @@ class Row:
             "peak_phase": b.phase,
             "host_gib_per_node": round(self.host_bytes_per_node / GIB, 1),
             "seq_len": s.seq_len,
+            "loss_impl": s.loss_impl,
+            "activation_offloading": s.activation_offloading,
             "world_size": s.world_size,
             "lora_r": s.lora_r if s.method != "full" else None,
             "notes": b.notes,

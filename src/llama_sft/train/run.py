@@ -22,6 +22,7 @@ from ..model.trained import BASE_CONFIG
 from .callbacks import MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
+from .loss import install as install_loss
 from .outputs import plot_loss, save_template, write_report, write_run_record
 from .packing import PackedDataset, use_packed_attention
 from .resume import resolve_resume
@@ -149,10 +150,12 @@ def train(run: RunConfig) -> dict:
     if t.activation_checkpointing:
         t.activation_checkpointing_kwargs = t.activation_checkpointing_kwargs or {"use_reentrant": False}
     model = add_adapters(model, run)
+    install_loss(model, t.loss_impl)  # after the adapters: it hooks the causal LM inside peft's wrapper
     params = trainable_summary(model)
     log.info(
-        "method %s: %s trainable of %s parameters (%.4f%%)",
+        "method %s, loss %s: %s trainable of %s parameters (%.4f%%)",
         run.lora.method,
+        t.loss_impl,
         f"{params['trainable_params']:,}",
         f"{params['total_params']:,}",
         100 * params["trainable_share"],

@@ -5,16 +5,21 @@ micro-batches of an optimizer step (`labels[..., 1:]`, across ranks with
 `average_tokens_across_devices`) and passes that `num_items_in_batch` to the model, which sums its
 token losses and divides by it. The update is then the per-token mean over the whole step, whatever
 the accumulation, the number of processes or the batching mode (tests/train/test_equivalence.py).
+The training loss itself is made without full logits (train/loss.py, installed on the model, not
+here, so that it runs inside the wrapped forward); `--activation_offloading` wraps the forward pass
+in train/offload.py's saved-tensor hooks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
 from transformers import Trainer
 
 from ..data.encode import IGNORE_INDEX
+from .offload import ActivationOffload
 
 log = logging.getLogger("llama_sft")
 
@@ -52,9 +57,11 @@ class SFTTrainer(Trainer):
             # Evaluation: the model's own per-token mean over this batch, weighted by its tokens below.
             tokens = supervised_tokens(inputs["labels"]) if "labels" in inputs else 0
             num_items_in_batch = None
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        offload = getattr(self.args, "activation_offloading", False) and model.training
+        with ActivationOffload(model) if offload else contextlib.nullcontext():
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         loss = result[0] if return_outputs else result
         if tokens == 0:
             return result  # nothing supervised: the mean is 0/0 and counts for nothing
