@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         from llama_sft.cli.train_cmd import run_train
 
         return run_train(argv[1:])
+    if argv[:2] == ["data", "prepare"]:  # takes train's flags, so it parses them the same way
+        from llama_sft.cli.data_cmd import run_prepare
+
+        return run_prepare(argv[2:])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

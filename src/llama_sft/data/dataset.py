@@ -214,18 +214,42 @@ def build_dataset(
     dataset = datasets.Dataset.from_list(rows)
     summary = stats.to_dict()
     if use_cache:
-        target.mkdir(parents=True, exist_ok=True)
-        dataset.save_to_disk(str(target / "data"))
         meta = {
             "records_read": report.records_read,
             "records_kept": report.records_kept,
             "stats": summary,
             "issues": [i.__dict__ for i in report.issues],
             "skipped_ids": report.skipped_ids,
+            "built_by": {"host": __import__("socket").gethostname(), "rank": os.environ.get("RANK", "0")},
         }
-        (target / "meta.json").write_text(json.dumps(meta))
+        publish_cache(target, lambda tmp: dataset.save_to_disk(str(tmp / "data")), meta)
         dataset = datasets.load_from_disk(str(target / "data"))
     return dataset, report, summary | {"cache": "miss" if use_cache else "off", "cache_path": str(target)}
+
+
+def publish_cache(target: Path, write_data, meta: dict) -> None:
+    """Write a cache entry in a private temporary directory, then rename it into place: a reader (another
+    rank, another node on a shared filesystem) sees either no entry or a complete one, never a
+    half-written one. When two writers race, the first rename wins and the loser's copy is removed."""
+    import shutil
+    import socket
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{socket.gethostname()}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_data(tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if target.exists() and not (target / "meta.json").exists():
+            shutil.rmtree(target)  # left half-written by a version that wrote in place
+        try:
+            os.rename(tmp, target)  # atomic on POSIX; fails when the target already exists
+        except OSError:
+            if not (target / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _encode_chunk(args):

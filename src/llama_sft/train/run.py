@@ -1,8 +1,8 @@
 """`llama-sft train`: config -> checks -> data -> model -> transformers.Trainer -> outputs.
 
 One code path serves one CPU process and N GPU processes (torchrun / accelerate / deepspeed set
-the environment; the Trainer does the distribution). Rank 0 tokenizes first and caches; the
-other ranks then read the cache.
+the environment; the Trainer does the distribution). The first process to take the cache's file
+lock tokenizes; the others then read the cache (data/prepare.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
-from ..data.dataset import build_dataset, file_fingerprint
+from ..data.dataset import file_fingerprint
+from ..data.prepare import build_dataset_once
 from ..data.templates import get_template
 from ..data.tokenizer import load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
@@ -21,10 +22,13 @@ from ..model.trained import BASE_CONFIG
 from .callbacks import MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
+from .fault_injection import fault_injection
 from .outputs import plot_loss, save_template, write_report, write_run_record
 from .packing import PackedDataset, use_packed_attention
+from .preemption import Preempted, PreemptionHandler, clear_marker, write_marker
 from .resume import resolve_resume
 from .trainer import SFTTrainer
+from .world_resume import WorldRecorder, check_world_resume, current_world
 
 log = logging.getLogger("llama_sft")
 
@@ -55,13 +59,17 @@ def prepare_run(run: RunConfig):
     )
     preflight(run)
     setup_distributed(run)  # refuses what cannot shard or save; process group before any model loads
+    return model_config, *tokenizer_and_template(run)
+
+
+def tokenizer_and_template(run: RunConfig):
+    """The tokenizer and template the run trains with (and `llama-sft data prepare` caches for)."""
     tokenizer = load_tokenizer(
         run.model.model_name_or_path,
         trust_remote_code=run.model.trust_remote_code,
         model_max_length=run.data.model_max_length,
     )
-    template = get_template(run.data.conv_template, tokenizer)
-    return model_config, tokenizer, template
+    return tokenizer, get_template(run.data.conv_template, tokenizer)
 
 
 def build_datasets(run: RunConfig, tokenizer, template):
@@ -77,12 +85,13 @@ def build_datasets(run: RunConfig, tokenizer, template):
         cache_dir=d.data_cache_dir,
         num_workers=d.preprocess_num_workers,
     )
-    with run.training.main_process_first(desc="tokenizing data"):
-        train, report, stats = build_dataset(d.data_path, **common)
-        evaluation = None
-        if d.eval_data_path:
-            evaluation, eval_report, _ = build_dataset(d.eval_data_path, **common)
-            report.extend(eval_report)
+    # A file lock per cache entry, not a barrier: ranks never wait for tokenization in a collective
+    # whose timeout (--ddp_timeout) could end the job (data/prepare.py).
+    train, report, stats = build_dataset_once(d.data_path, **common)
+    evaluation = None
+    if d.eval_data_path:
+        evaluation, eval_report, _ = build_dataset_once(d.eval_data_path, **common)
+        report.extend(eval_report)
     if evaluation is None and d.eval_ratio > 0:
         split = train.train_test_split(test_size=d.eval_ratio, seed=run.training.seed)
         train, evaluation = split["train"], split["test"]
@@ -156,13 +165,28 @@ def train(run: RunConfig) -> dict:
         eval_dataset=eval_rows,
         data_collator=make_collator(run.data.packing, tokenizer, run.data.model_max_length),
         processing_class=tokenizer,
-        callbacks=[MetricsLogger(output_dir), sharding := ShardingCheck(run)],
+        callbacks=[
+            MetricsLogger(output_dir),
+            sharding := ShardingCheck(run),
+            WorldRecorder(world := current_world(run, world_size())),
+            *fault_injection(),  # test hook, before the handler that reacts to its signal
+            preemption := PreemptionHandler(),
+        ],
         sample_ids=train_ds["id"],
     )
     resume = resolve_resume(t.resume_from_checkpoint, output_dir)
     if resume:
         log.info("resuming from %s", resume)
+        check_world_resume(resume, world)
+    if trainer.is_world_process_zero():
+        clear_marker(output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
+    if preemption.stopped_at is not None:  # a signal: checkpoint written, no final save or eval
+        checkpoint = preemption.checkpoint(output_dir)
+        if trainer.is_world_process_zero():
+            write_marker(output_dir, preemption.stopped_at, checkpoint)
+        close_process_group()
+        raise Preempted(preemption.stopped_at, checkpoint)
     final_eval = trainer.evaluate() if eval_ds is not None else {}
     tokenizer.chat_template = template.to_jinja()
     trainer.save_model(str(output_dir))
@@ -201,6 +225,11 @@ def train(run: RunConfig) -> dict:
             result.training_loss,
             f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else "",
         )
+    close_process_group()
+    return summary
+
+
+def close_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -209,4 +238,3 @@ def train(run: RunConfig) -> dict:
         # still uses it, can abort ("terminate called without an active exception").
         dist.barrier()
         dist.destroy_process_group()
-    return summary
