@@ -131,6 +131,11 @@ def train(run: RunConfig) -> dict:
     # seeds anything, so without this two runs with the same --seed start from different weights.
     from transformers import set_seed
 
+    world = current_world(run, world_size())
+    resume = resolve_resume(t.resume_from_checkpoint, output_dir)
+    if resume:
+        check_world_resume(resume, world)  # before the weights load: a refusal takes seconds
+
     set_seed(t.seed)
     model = load_model(run, model_config)
     if run.data.packing == "packed":
@@ -168,16 +173,14 @@ def train(run: RunConfig) -> dict:
         callbacks=[
             MetricsLogger(output_dir),
             sharding := ShardingCheck(run),
-            WorldRecorder(world := current_world(run, world_size())),
+            WorldRecorder(world),
             *fault_injection(),  # test hook, before the handler that reacts to its signal
             preemption := PreemptionHandler(),
         ],
         sample_ids=train_ds["id"],
     )
-    resume = resolve_resume(t.resume_from_checkpoint, output_dir)
     if resume:
         log.info("resuming from %s", resume)
-        check_world_resume(resume, world)
     if trainer.is_world_process_zero():
         clear_marker(output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
