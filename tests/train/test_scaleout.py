@@ -303,7 +303,7 @@ def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(work, refere
     flags = ["--max-restarts", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}"]
     cmd = torchrun(1, train_args(work, out, 2, "--resume_from_checkpoint", "auto"), environ, *flags)
     log = run_ok(cmd, environ, work["root"] / "restarted.log")
-    assert "SIGKILL" in log or "Signals.SIGKILL" in log or "-9" in log, log[-3000:]
+    assert "exitcode: -9" in log, log[-3000:]  # torchrun saw the worker die and restarted it
     assert f"resuming from {out / 'checkpoint-2'}" in log
     # Steps 1-2 ran in the first attempt; 3 was killed before it was logged and re-ran after the restart.
     assert_same_losses(out, reference["losses"])
