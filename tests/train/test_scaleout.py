@@ -229,6 +229,11 @@ def test_two_nodes_ddp_outlast_slow_tokenization_and_equal_one_node(work, refere
     assert len(entries) == 1 and (entries[0] / "meta.json").exists(), list(cache.iterdir())
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
     assert world_file(two_node_ddp / "checkpoint-2")["world_size"] == 2
+    # Each rank's host memory around loading is measured and gathered into the record.
+    host = record["host_memory"]
+    assert [h["rank"] for h in host] == [0, 1] and all(
+        h["anon_load_peak_mb"] >= h["anon_before_load_mb"] > 0 for h in host
+    )
 
 
 @pytest.mark.slow

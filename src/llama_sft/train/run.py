@@ -17,12 +17,15 @@ from ..data.prepare import build_dataset_once
 from ..data.templates import get_template
 from ..data.tokenizer import load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
-from ..model.load import load_model, load_model_config, preflight
+from ..model.lean_load import empty_model, reads_weights
+from ..model.load import compute_dtype, load_model, load_model_config, preflight
+from ..model.rope import apply_rope_scaling
 from ..model.trained import BASE_CONFIG
 from .callbacks import MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
 from .fault_injection import fault_injection
+from .host_memory import HostMemory
 from .outputs import plot_loss, save_template, write_report, write_run_record
 from .packing import PackedDataset, use_packed_attention
 from .preemption import Preempted, PreemptionHandler, clear_marker, write_marker
@@ -137,7 +140,19 @@ def train(run: RunConfig) -> dict:
         check_world_resume(resume, world)  # before the weights load: a refusal takes seconds
 
     set_seed(t.seed)
-    model = load_model(run, model_config)
+    host_memory = HostMemory()
+    if reads_weights(t, quantized=run.lora.method == "qlora"):
+        model = load_model(run, model_config)
+    else:  # FSDP cpu_ram_efficient_loading: rank 0 broadcasts the weights while sharding
+        apply_rope_scaling(
+            model_config,
+            run.model.rope_scaling_type,
+            run.model.rope_scaling_factor,
+            run.data.model_max_length,
+        )
+        model = empty_model(
+            model_config, compute_dtype(run), run.model.attn_implementation, run.model.trust_remote_code
+        )
     if run.data.packing == "packed":
         # sdpa -> sdpa_packed (attention within each conversation); flash_attention_2 and eager stay
         log.info("packing: attention %s", use_packed_attention(model))
@@ -176,6 +191,7 @@ def train(run: RunConfig) -> dict:
             WorldRecorder(world),
             *fault_injection(),  # test hook, before the handler that reacts to its signal
             preemption := PreemptionHandler(),
+            host_memory,
         ],
         sample_ids=train_ds["id"],
     )
@@ -193,6 +209,7 @@ def train(run: RunConfig) -> dict:
     final_eval = trainer.evaluate() if eval_ds is not None else {}
     tokenizer.chat_template = template.to_jinja()
     trainer.save_model(str(output_dir))
+    host = host_memory.gather()  # every rank, before rank 0 writes the record
     summary = {"train_loss": round(result.training_loss, 4), "steps": result.global_step}
     if final_eval:
         summary["eval_loss"] = round(final_eval["eval_loss"], 4)
@@ -218,6 +235,7 @@ def train(run: RunConfig) -> dict:
                 "summary": summary,
                 "rope_parameters": getattr(model_config, "rope_parameters", None),
                 "distributed": sharding.info,
+                "host_memory": host,
             },
         )
         plot_loss(output_dir)
