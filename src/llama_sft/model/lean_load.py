@@ -52,3 +52,16 @@ def empty_model(config, dtype, attn_implementation: str | None = None, trust_rem
     model.config.use_cache = False
     log.info("rank %s: weights come from rank 0 (cpu_ram_efficient_loading)", os.environ.get("RANK", "?"))
     return model
+
+
+def load_for_this_rank(run, config):
+    """`load_model`, or on the ranks that receive their weights by broadcast, the empty model."""
+    from .load import compute_dtype, load_model
+    from .rope import apply_rope_scaling
+
+    if reads_weights(run.training, quantized=run.lora.method == "qlora"):
+        return load_model(run, config)
+    apply_rope_scaling(
+        config, run.model.rope_scaling_type, run.model.rope_scaling_factor, run.data.model_max_length
+    )
+    return empty_model(config, compute_dtype(run), run.model.attn_implementation, run.model.trust_remote_code)

@@ -17,9 +17,8 @@ from ..data.prepare import build_dataset_once
 from ..data.templates import get_template
 from ..data.tokenizer import load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
-from ..model.lean_load import empty_model, reads_weights
-from ..model.load import compute_dtype, load_model, load_model_config, preflight
-from ..model.rope import apply_rope_scaling
+from ..model.lean_load import load_for_this_rank
+from ..model.load import load_model_config, preflight
 from ..model.trained import BASE_CONFIG
 from .callbacks import MetricsLogger
 from .collator import make_collator
@@ -138,21 +137,12 @@ def train(run: RunConfig) -> dict:
     resume = resolve_resume(t.resume_from_checkpoint, output_dir)
     if resume:
         check_world_resume(resume, world)  # before the weights load: a refusal takes seconds
+    if is_main_process():
+        clear_marker(output_dir)  # PREEMPTED describes the latest attempt only
 
     set_seed(t.seed)
     host_memory = HostMemory()
-    if reads_weights(t, quantized=run.lora.method == "qlora"):
-        model = load_model(run, model_config)
-    else:  # FSDP cpu_ram_efficient_loading: rank 0 broadcasts the weights while sharding
-        apply_rope_scaling(
-            model_config,
-            run.model.rope_scaling_type,
-            run.model.rope_scaling_factor,
-            run.data.model_max_length,
-        )
-        model = empty_model(
-            model_config, compute_dtype(run), run.model.attn_implementation, run.model.trust_remote_code
-        )
+    model = load_for_this_rank(run, model_config)  # FSDP cpu_ram_efficient_loading: rank 0 reads alone
     if run.data.packing == "packed":
         # sdpa -> sdpa_packed (attention within each conversation); flash_attention_2 and eager stay
         log.info("packing: attention %s", use_packed_attention(model))
@@ -197,8 +187,6 @@ def train(run: RunConfig) -> dict:
     )
     if resume:
         log.info("resuming from %s", resume)
-    if trainer.is_world_process_zero():
-        clear_marker(output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     if preemption.stopped_at is not None:  # a signal: checkpoint written, no final save or eval
         checkpoint = preemption.checkpoint(output_dir)
