@@ -67,12 +67,70 @@ def register(subparsers) -> None:
     )
     p.set_defaults(func=cmd_inspect)
 
+    sub.add_parser(  # parses train's flags itself (main.py hands it the arguments); listed for --help
+        "prepare",
+        help="tokenize and cache once, before a multi-process train (train's flags)",
+        description=PREPARE_USAGE,
+        formatter_class=formatter(),
+        add_help=False,
+    )
+
     try:  # the data tools (clean, split-long, dedupe, convert, mix, split) register into the same group
         importlib.import_module("llama_sft.datatools.cli").register(sub)
     except ModuleNotFoundError as exc:
         if exc.name not in ("llama_sft.datatools", "llama_sft.datatools.cli"):
             raise
     data.set_defaults(func=lambda args: data.print_help())
+
+
+PREPARE_USAGE = """\
+llama-sft data prepare [CONFIG.yaml] [train's --flags]
+
+Load, validate and tokenize the training (and eval) data exactly as `llama-sft train` would with the
+same config and flags, and write the tokenized cache that train then only reads (same cache key:
+data files' content, tokenizer, template, model_max_length, masking, data_format/skip_bad/strict).
+Run it once before a multi-node job, with --data_cache_dir on storage all nodes share, so no rank
+tokenizes while the others wait. Flags that do not concern data are accepted and ignored, so the
+train command line works as it is. Exit 0 when the data is usable, 2 on errors (listed).
+
+Examples:
+  llama-sft data prepare configs/llama2-7b-qlora.yaml --data_path data.json --data_cache_dir /shared/cache
+  llama-sft data prepare --model_name_or_path /models/llama-2-7b-hf --data_path data.json --model_max_length 4096
+"""
+
+
+def run_prepare(argv: list[str]) -> int:
+    """`llama-sft data prepare`: train's parser, train's tokenizer and template, train's locked cache build."""
+    from .errors import run_with_clean_errors
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(PREPARE_USAGE)
+        return 0
+    config_file = None
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
+        config_file, argv = argv[0], argv[1:]
+
+    def go() -> int:
+        from rich.console import Console
+
+        from ..config import ConfigError, parse_run_config
+        from ..train.run import build_datasets, tokenizer_and_template
+
+        run = parse_run_config(argv, config_file)
+        if not run.model.model_name_or_path:
+            raise ConfigError("no model: pass --model_name_or_path (its tokenizer defines the token ids)")
+        tokenizer, template = tokenizer_and_template(run)
+        train, evaluation, report, stats = build_datasets(run, tokenizer, template)
+        print_report(report, show=20)
+        console = Console(stderr=True, highlight=False)
+        console.print(
+            f"{len(train)} train and {len(evaluation) if evaluation is not None else 0} eval conversations, "
+            f"{stats['tokens']} tokens ({stats['supervised_tokens']} supervised), {stats['truncated']} truncated; "
+            f"cache {stats['cache']}: {stats['cache_path']}"
+        )
+        return 0
+
+    return run_with_clean_errors(go)
 
 
 def _load(args, template_name):

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "llama_sft.cli.merge_cmd",
     "llama_sft.cli.serve_cmd",
     "llama_sft.cli.fetch_model_cmd",
+    "llama_sft.cli.launch_cmd",
 ]
 
 
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from llama_sft.cli.train_cmd import run_train
 
         return run_train(argv[1:])
+    if argv[:2] == ["data", "prepare"]:  # takes train's flags, so it parses them the same way
+        from llama_sft.cli.data_cmd import run_prepare
+
+        return run_prepare(argv[2:])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -57,12 +57,17 @@ def run_train(argv: list[str]) -> int:
     def go():
         from ..config import parse_run_config
         from ..train.distributed import deepspeed_in_one_process
+        from ..train.preemption import PREEMPTED_EXIT_CODE, Preempted
         from ..train.run import train
 
         note = deepspeed_in_one_process(argv, config_file)
         run = parse_run_config(argv, config_file)
         run.notes += [note] if note else []
-        train(run)
+        try:
+            train(run)
+        except Preempted as stop:  # checkpoint complete; a requeue script tells this code from a failure
+            print(f"llama-sft: {stop}", file=sys.stderr)
+            return PREEMPTED_EXIT_CODE
         return 0
 
     return run_with_clean_errors(go)

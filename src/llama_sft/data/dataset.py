@@ -322,25 +322,56 @@ def build_dataset(
     dataset = datasets.Dataset.from_list(rows)
     summary = stats.to_dict()
     if use_cache:
-        target.mkdir(parents=True, exist_ok=True)
-        quiet = not datasets.are_progress_bars_disabled()
-        if quiet:  # a bar for writing a cache the user never asked about is noise
-            datasets.disable_progress_bars()
-        try:
-            dataset.save_to_disk(str(target / "data"))
-        finally:
-            if quiet:
-                datasets.enable_progress_bars()
         meta = {
             "records_read": report.records_read,
             "records_kept": report.records_kept,
             "stats": summary,
             "issues": [i.__dict__ for i in report.issues],
             "skipped_ids": report.skipped_ids,
+            "built_by": {"host": __import__("socket").gethostname(), "rank": os.environ.get("RANK", "0")},
         }
-        (target / "meta.json").write_text(json.dumps(meta))
+        publish_cache(target, lambda tmp: _save_quietly(dataset, tmp / "data"), meta)
         dataset = datasets.load_from_disk(str(target / "data"))
     return dataset, report, summary | {"cache": "miss" if use_cache else "off", "cache_path": str(target)}
+
+
+def _save_quietly(dataset, path: Path) -> None:
+    """A progress bar for writing a cache the user never asked about is noise."""
+    import datasets
+
+    quiet = not datasets.are_progress_bars_disabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        dataset.save_to_disk(str(path))
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
+
+
+def publish_cache(target: Path, write_data, meta: dict) -> None:
+    """Write a cache entry in a private temporary directory, then rename it into place: a reader (another
+    rank, another node on a shared filesystem) sees either no entry or a complete one, never a
+    half-written one. When two writers race, the first rename wins and the loser's copy is removed."""
+    import shutil
+    import socket
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{socket.gethostname()}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_data(tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if target.exists() and not (target / "meta.json").exists():
+            shutil.rmtree(target)  # left half-written by a version that wrote in place
+        try:
+            os.rename(tmp, target)  # atomic on POSIX; fails when the target already exists
+        except OSError:
+            if not (target / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _encode_chunk(args):

@@ -1,8 +1,8 @@
 """`llama-sft train`: config -> checks -> data -> model -> transformers.Trainer -> outputs.
 
 One code path serves one CPU process and N GPU processes (torchrun / accelerate / deepspeed set
-the environment; the Trainer does the distribution). Rank 0 tokenizes first and caches; the
-other ranks then read the cache.
+the environment; the Trainer does the distribution). The first process to take the cache's file
+lock tokenizes; the others then read the cache (data/prepare.py).
 """
 
 from __future__ import annotations
@@ -12,21 +12,27 @@ import os
 from pathlib import Path
 
 from ..config import ConfigError, RunConfig
-from ..data.dataset import build_dataset, file_fingerprint, split_by_group
+from ..data.dataset import file_fingerprint, split_by_group
+from ..data.prepare import build_dataset_once
 from ..data.templates import get_template
 from ..data.tokenizer import TerminatorError, check_terminator, load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
-from ..model.load import load_model, load_model_config, preflight
+from ..model.lean_load import load_for_this_rank
+from ..model.load import load_model_config, preflight
 from ..model.rope import check_rope_scaling, existing_scaling
 from ..model.trained import BASE_CONFIG
 from .callbacks import MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
+from .fault_injection import fault_injection
+from .host_memory import HostMemory
 from .loss import install as install_loss
 from .outputs import plot_loss, save_template, write_report, write_run_record
 from .packing import PackedDataset, use_packed_attention
+from .preemption import Preempted, PreemptionHandler, clear_marker, write_marker
 from .resume import resolve_resume
 from .trainer import SFTTrainer
+from .world_resume import WorldRecorder, check_world_resume, current_world
 
 log = logging.getLogger("llama_sft")
 
@@ -63,6 +69,11 @@ def prepare_run(run: RunConfig):
     check_rope_scaling(model_config, run.model.rope_scaling_type, run.model.rope_scaling_factor)
     preflight(run)
     setup_distributed(run)  # refuses what cannot shard or save; process group before any model loads
+    return model_config, *tokenizer_and_template(run)
+
+
+def tokenizer_and_template(run: RunConfig):
+    """The tokenizer and template the run trains with (and `llama-sft data prepare` caches for)."""
     tokenizer = load_tokenizer(
         run.model.model_name_or_path,
         trust_remote_code=run.model.trust_remote_code,
@@ -74,7 +85,7 @@ def prepare_run(run: RunConfig):
             log.warning(warning)
     except TerminatorError as exc:
         raise ConfigError(str(exc)) from None
-    return model_config, tokenizer, template
+    return tokenizer, template
 
 
 def build_datasets(run: RunConfig, tokenizer, template):
@@ -91,12 +102,13 @@ def build_datasets(run: RunConfig, tokenizer, template):
         num_workers=d.preprocess_num_workers,
         special_policy=d.special_tokens_in_content,
     )
-    with run.training.main_process_first(desc="tokenizing data"):
-        train, report, stats = build_dataset(d.data_path, **common)
-        evaluation = None
-        if d.eval_data_path:
-            evaluation, eval_report, _ = build_dataset(d.eval_data_path, **common)
-            report.extend(eval_report)
+    # A file lock per cache entry, not a barrier: ranks never wait for tokenization in a collective
+    # whose timeout (--ddp_timeout) could end the job (data/prepare.py).
+    train, report, stats = build_dataset_once(d.data_path, **common)
+    evaluation = None
+    if d.eval_data_path:
+        evaluation, eval_report, _ = build_dataset_once(d.eval_data_path, **common)
+        report.extend(eval_report)
     if evaluation is None and d.eval_ratio > 0:
         try:
             train, evaluation = split_by_group(train, d.eval_ratio, run.training.seed)
@@ -142,8 +154,16 @@ def train(run: RunConfig) -> dict:
     # seeds anything, so without this two runs with the same --seed start from different weights.
     from transformers import set_seed
 
+    world = current_world(run, world_size())
+    resume = resolve_resume(t.resume_from_checkpoint, output_dir)
+    if resume:
+        check_world_resume(resume, world)  # before the weights load: a refusal takes seconds
+    if is_main_process():
+        clear_marker(output_dir)  # PREEMPTED describes the latest attempt only
+
     set_seed(t.seed)
-    model = load_model(run, model_config)
+    host_memory = HostMemory()
+    model = load_for_this_rank(run, model_config)  # FSDP cpu_ram_efficient_loading: rank 0 reads alone
     if run.data.packing == "packed":
         # sdpa -> sdpa_packed (attention within each conversation); flash_attention_2 and eager stay
         log.info("packing: attention %s", use_packed_attention(model))
@@ -178,16 +198,29 @@ def train(run: RunConfig) -> dict:
         eval_dataset=eval_rows,
         data_collator=make_collator(run.data.packing, tokenizer, run.data.model_max_length),
         processing_class=tokenizer,
-        callbacks=[MetricsLogger(output_dir), sharding := ShardingCheck(run)],
+        callbacks=[
+            MetricsLogger(output_dir),
+            sharding := ShardingCheck(run),
+            WorldRecorder(world),
+            *fault_injection(),  # test hook, before the handler that reacts to its signal
+            preemption := PreemptionHandler(),
+            host_memory,
+        ],
         sample_ids=train_ds["id"],
     )
-    resume = resolve_resume(t.resume_from_checkpoint, output_dir)
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
+    if preemption.stopped_at is not None:  # a signal: checkpoint written, no final save or eval
+        checkpoint = preemption.checkpoint(output_dir)
+        if trainer.is_world_process_zero():
+            write_marker(output_dir, preemption.stopped_at, checkpoint)
+        close_process_group()
+        raise Preempted(preemption.stopped_at, checkpoint)
     final_eval = trainer.evaluate() if eval_ds is not None else {}
     tokenizer.chat_template = template.to_jinja()
     trainer.save_model(str(output_dir))
+    host = host_memory.gather()  # every rank, before rank 0 writes the record
     summary = {"train_loss": round(result.training_loss, 4), "steps": result.global_step}
     if final_eval:
         summary["eval_loss"] = round(final_eval["eval_loss"], 4)
@@ -215,6 +248,7 @@ def train(run: RunConfig) -> dict:
                 # chat, serve and eval tokenize prompts under the same policy (data/special_content.py)
                 "special_tokens_in_content": run.data.special_tokens_in_content,
                 "distributed": sharding.info,
+                "host_memory": host,
             },
         )
         plot_loss(output_dir)
@@ -225,6 +259,11 @@ def train(run: RunConfig) -> dict:
             result.training_loss,
             f", eval loss {final_eval['eval_loss']:.4f}" if final_eval else "",
         )
+    close_process_group()
+    return summary
+
+
+def close_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -233,4 +272,3 @@ def train(run: RunConfig) -> dict:
         # still uses it, can abort ("terminate called without an active exception").
         dist.barrier()
         dist.destroy_process_group()
-    return summary
