@@ -45,7 +45,13 @@ class Encoded:
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
-def supervised_spans(rendered: Rendered, strategy: str) -> tuple[tuple[int, int], ...]:
+def supervised_spans(
+    rendered: Rendered, strategy: str, train_on_reasoning: bool = True
+) -> tuple[tuple[int, int], ...]:
+    if not train_on_reasoning and rendered.trace_spans:
+        from .reasoning import subtract
+
+        return subtract(supervised_spans(rendered, strategy), rendered.trace_spans)
     if strategy == "train_on_assistant":
         return rendered.spans
     if strategy == "train_on_last":
@@ -115,10 +121,12 @@ def encode_conversations(
     tokenizer,
     max_length: int | None = None,
     strategy: str = "train_on_assistant",
+    train_on_reasoning: bool = True,
 ) -> list[Encoded]:
-    """Render, tokenize in one batched call, and label. Truncates from the right to `max_length`."""
+    """Render, tokenize in one batched call, and label. Truncates from the right to `max_length`.
+    `train_on_reasoning=False` keeps the final turn's reasoning trace as context."""
     special = SpecialText.from_tokenizer(tokenizer)
-    rendered = [template.render(c.messages, special=special) for c in conversations]
+    rendered = [template.render(c.messages, special=special, tools=c.tools) for c in conversations]
     texts = [r.text for r in rendered]
     if not texts:
         return []
@@ -127,7 +135,9 @@ def encode_conversations(
     out = []
     for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
         check_bos(ids, tokenizer, r.text)
-        labels, straddle = labels_from_offsets(ids, offsets, supervised_spans(r, strategy))
+        labels, straddle = labels_from_offsets(
+            ids, offsets, supervised_spans(r, strategy, train_on_reasoning)
+        )
         full = len(ids)
         if max_length is not None and full > max_length:
             ids, labels, offsets = ids[:max_length], labels[:max_length], offsets[:max_length]
@@ -141,5 +151,8 @@ def encode_conversation(
     tokenizer,
     max_length: int | None = None,
     strategy: str = "train_on_assistant",
+    train_on_reasoning: bool = True,
 ) -> Encoded:
-    return encode_conversations([conversation], template, tokenizer, max_length, strategy)[0]
+    return encode_conversations(
+        [conversation], template, tokenizer, max_length, strategy, train_on_reasoning
+    )[0]
