@@ -32,7 +32,7 @@ def trace_text(message) -> str | None:
     content = message.content
     if CLOSE in content and content.lstrip().startswith(OPEN):
         start = content.index(OPEN) + len(OPEN)
-        return content[start : content.index(CLOSE)]
+        return content[start : content.index(CLOSE)].strip("\n")
     return None
 
 

@@ -107,6 +107,22 @@ class FormatTemplate:
         if "{content}" not in (self.first_user_format or "{content}"):
             raise TemplateError(f"template {self.name!r}: first_user_format must contain {{content}}")
 
+    def _reply_start(self, messages, k, full, before, special, tools) -> int:
+        """Where turn k's reply starts when the prompt before it renders differently once later turns
+        follow (Hermes closes a last tool result differently; DeepSeek-R1's generation prompt opens
+        `<think>`): right after the generation prompt found where the context stops agreeing, or after
+        the part of it the full text shares, cut back to a marker or line end."""
+        context = self.render_text(messages[:k], False, special, tools)
+        base = len(os.path.commonprefix([context, full]))
+        cue = before[len(context) :] if before.startswith(context) else before[base:]
+        at = full.find(cue, base, base + len(cue) + 64) if cue else -1
+        if at >= 0:
+            return at + len(cue)
+        shared = len(os.path.commonprefix([cue, full[base:]]))
+        while shared > 0 and cue[shared - 1] not in ">\n":
+            shared -= 1
+        return base + shared
+
     def render(
         self,
         messages: list[Message],
@@ -383,7 +399,11 @@ class JinjaTemplate:
     def _span(self, messages, k, full, special, tools) -> tuple[int, int]:
         before = self.render_text(messages[:k], True, special, tools)
         upto = self.render_text(messages[: k + 1], False, special, tools)
-        start = len(before) if full.startswith(before) else len(os.path.commonprefix([before, full]))
+        start = (
+            len(before)
+            if full.startswith(before)
+            else self._reply_start(messages, k, full, before, special, tools)
+        )
         if full.startswith(upto) and self.render_text(messages[: k + 1], True, special, tools) != upto:
             return start, len(upto)
         agree = len(os.path.commonprefix([upto, full]))
@@ -401,6 +421,22 @@ class JinjaTemplate:
             )
         return start, max(ends)
 
+    def _reply_start(self, messages, k, full, before, special, tools) -> int:
+        """Where turn k's reply starts when the prompt before it renders differently once later turns
+        follow (Hermes closes a last tool result differently; DeepSeek-R1's generation prompt opens
+        `<think>`): right after the generation prompt found where the context stops agreeing, or after
+        the part of it the full text shares, cut back to a marker or line end."""
+        context = self.render_text(messages[:k], False, special, tools)
+        base = len(os.path.commonprefix([context, full]))
+        cue = before[len(context) :] if before.startswith(context) else before[base:]
+        at = full.find(cue, base, base + len(cue) + 64) if cue else -1
+        if at >= 0:
+            return at + len(cue)
+        shared = len(os.path.commonprefix([cue, full[base:]]))
+        while shared > 0 and cue[shared - 1] not in ">\n":
+            shared -= 1
+        return base + shared
+
     def render(
         self,
         messages: list[Message],
@@ -417,6 +453,14 @@ class JinjaTemplate:
             for k, m in enumerate(messages)
             if m.role == "assistant"
         ]
+        replies = [m for m in messages if m.role == "assistant"]
+        for m, (s, e) in zip(replies, spans, strict=True):
+            lost = [c.name for c in m.tool_calls if c.name not in full[s:e]]
+            if lost:
+                raise TemplateError(
+                    f"template {self.name!r} does not render the tool call(s) {lost} of an assistant turn "
+                    "(it would train the model to answer without calling); use a template that renders tool_calls"
+                )
         traces = []
         last = messages[-1] if messages else None
         trace = reasoning.trace_text(last) if last is not None and last.role == "assistant" else None
@@ -430,7 +474,9 @@ class JinjaTemplate:
                 cue = cue[start:] if cue.startswith(full[:start]) else ""
                 opener = "" if cue.rstrip().endswith(reasoning.OPEN) else reasoning.OPEN + "\n"
                 head = cue + opener
-                inserted = head + trace + "\n" + reasoning.CLOSE + "\n\n"
+                # The answer keeps the separator a template leaves after `</think>`, or gets one.
+                gap = "" if full.startswith("\n", start) else "\n\n"
+                inserted = head + trace + "\n" + reasoning.CLOSE + gap
                 full = full[:start] + inserted + full[start:]
                 spans[-1] = (start + len(cue), end + len(inserted))
                 found = (start + len(head), start + len(head) + len(trace))
