@@ -30,10 +30,13 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # extra stop strings, on top of EOS and the template's
 
 
-def build_prompt(template: Template, tokenizer, messages: list[Message]) -> str:
-    """The exact training rendering of `messages`, ending with the generation prompt."""
+def build_prompt(template: Template, tokenizer, messages: list[Message], tools: tuple = ()) -> str:
+    """The exact training rendering of `messages` (and `tools`), ending with the generation prompt."""
     return template.render(
-        messages, add_generation_prompt=True, special=SpecialText.from_tokenizer(tokenizer)
+        messages,
+        add_generation_prompt=True,
+        special=SpecialText.from_tokenizer(tokenizer),
+        tools=tuple(tools),
     ).text
 
 
@@ -85,9 +88,10 @@ class ReplyStream:
         template: Template,
         messages: list[Message],
         params: SamplingParams | None = None,
+        tools: tuple = (),
     ):
         self.model, self.tokenizer, self.params = model, tokenizer, params or SamplingParams()
-        self.prompt = build_prompt(template, tokenizer, messages)
+        self.prompt = build_prompt(template, tokenizer, messages, tools)
         self.prompt_ids = tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
         self.stops = tuple(dict.fromkeys([*stop_strings(template, tokenizer), *self.params.stop]))
         vocab = tokenizer.get_vocab()

@@ -175,6 +175,14 @@ def style_of(source: str) -> str:
     return "llama3"
 
 
+def template_style(template) -> str | None:
+    """The call convention a run's template writes: its built-in style, or read from its Jinja."""
+    style = getattr(template, "tool_style", None)
+    if style is not None or not hasattr(template, "source"):
+        return style
+    return style_of(template.source)
+
+
 def _call(obj) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
