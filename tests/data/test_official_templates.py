@@ -34,7 +34,7 @@ KWARGS = {
 
 @pytest.fixture(scope="module")
 def tok():
-    from conftest import unavailable
+    from tool_cases import unavailable
 
     try:
         return load_llama_tokenizer("bpe")
@@ -54,7 +54,7 @@ def r1_tok(tok):
 
 @pytest.fixture(scope="module")
 def sources():
-    from conftest import unavailable
+    from tool_cases import unavailable
 
     try:
         folder = fetch_official_templates()

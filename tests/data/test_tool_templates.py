@@ -21,7 +21,7 @@ RECORD["messages"][4]["content"] = "<think>\nThe tool said 21 C.\n</think>\n\nIt
 
 @pytest.fixture(scope="module")
 def tok():
-    from conftest import unavailable
+    from tool_cases import unavailable
 
     try:
         return load_llama_tokenizer("bpe")
