@@ -21,6 +21,8 @@ from .templates import Rendered, SpecialText, Template, TemplateError
 
 IGNORE_INDEX = -100
 STRATEGIES = ("train_on_assistant", "train_on_last", "train_on_all")
+# Appended to a strategy name (so it is part of the data cache key): the final trace is context.
+REASONING_AS_CONTEXT = "+reasoning_as_context"
 
 
 @dataclass
@@ -125,6 +127,8 @@ def encode_conversations(
 ) -> list[Encoded]:
     """Render, tokenize in one batched call, and label. Truncates from the right to `max_length`.
     `train_on_reasoning=False` keeps the final turn's reasoning trace as context."""
+    if strategy.endswith(REASONING_AS_CONTEXT):
+        strategy, train_on_reasoning = strategy.removesuffix(REASONING_AS_CONTEXT), False
     special = SpecialText.from_tokenizer(tokenizer)
     rendered = [template.render(c.messages, special=special, tools=c.tools) for c in conversations]
     texts = [r.text for r in rendered]

@@ -27,6 +27,8 @@ TOOL_ERROR_REASONS = {
     "orphan_tool_result": "a tool result has no preceding tool call that it answers",
 }
 
+# Record keys that belong to a tool-calling conversation; any other top-level key is metadata.
+FORMAT_KEYS = {"id", "messages", "conversations", "items", "tools", "system"}
 SHAREGPT_TOOL_ROLES = {"function_call": "tool_call", "observation": "tool", "tool": "tool", "ipython": "tool"}
 OPENAI_TOOL_ROLES = {"tool": "tool", "ipython": "tool", "function": "tool"}
 
