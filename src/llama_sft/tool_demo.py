@@ -97,7 +97,7 @@ def plain_record(rid: str, question: str, answer: str) -> dict:
     }
 
 
-def make_tool_splits(seed: int = 0, n_train: int = 1200) -> tuple[list[dict], list[dict]]:
+def make_tool_splits(seed: int = 0, n_train: int = 400) -> tuple[list[dict], list[dict]]:
     """Training and held-out records; held-out cities are new combinations of seen name parts."""
     rng = random.Random(seed)
     cities = [p + s for p in PREFIXES for s in SUFFIXES]
@@ -121,7 +121,7 @@ def make_tool_splits(seed: int = 0, n_train: int = 1200) -> tuple[list[dict], li
 
 def shipped_path(split: str) -> Path:
     """The shipped file for `split` (train | heldout)."""
-    return Path(str(resources.files("llama_sft.resources").joinpath(RESOURCE_FILES[split])))
+    return Path(str(resources.files("llama_sft").joinpath("resources", RESOURCE_FILES[split])))
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -162,21 +162,22 @@ def score(model, tokenizer, template, held: list[dict]) -> dict:
 
 
 def corpus(records: list[dict]) -> list[str]:
-    """Text for the demo tokenizer: the rendered training conversations, so markers and the
-    schema block tokenize compactly."""
+    """Text for the demo tokenizer: the rendered training conversations (markers and the schema
+    block tokenize compactly) with newlines as spaces: the tiny BPE splits words on spaces only, so
+    merges learned across a newline would make tokens that straddle the start of a reply."""
     from .data.templates import BUILTIN
     from .data.tools import read_tool_record
 
     out = []
     for record in records[:400]:
         messages, tools = read_tool_record(record, "openai")
-        out.append(BUILTIN["chatml"].render(messages, tools=tools).text)
+        out.append(BUILTIN["chatml"].render(messages, tools=tools).text.replace("\n", " "))
     return out
 
 
 def run_tool_demo(
     output_dir: str | Path = "runs/tool-demo",
-    epochs: float = 3.0,
+    epochs: float = 5.0,
     seed: int = 0,
     n_train: int | None = None,
     extra_flags: list[str] | None = None,
