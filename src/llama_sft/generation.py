@@ -30,23 +30,28 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # extra stop strings, on top of EOS and the template's
 
 
-def build_prompt(template: Template, tokenizer, messages: list[Message]) -> str:
-    """The exact training rendering of `messages`, ending with the generation prompt."""
+def build_prompt(template: Template, tokenizer, messages: list[Message], tools: tuple = ()) -> str:
+    """The exact training rendering of `messages` (and `tools`), ending with the generation prompt."""
     return template.render(
-        messages, add_generation_prompt=True, special=SpecialText.from_tokenizer(tokenizer)
+        messages,
+        add_generation_prompt=True,
+        special=SpecialText.from_tokenizer(tokenizer),
+        tools=tuple(tools),
     ).text
 
 
-def prompt_ids(template: Template, tokenizer, messages: list[Message]) -> tuple[str, list[int]]:
+def prompt_ids(
+    template: Template, tokenizer, messages: list[Message], tools: tuple = ()
+) -> tuple[str, list[int]]:
     """The prompt text and its ids, tokenized under the tokenizer's special-token policy (as training)."""
     from .data.special_content import content_hits, encode_split, policy_of, special_strings
 
     special = SpecialText.from_tokenizer(tokenizer)
     if policy_of(tokenizer) != "split":
-        text = build_prompt(template, tokenizer, messages)
+        text = build_prompt(template, tokenizer, messages, tools)
         return text, tokenizer(text, add_special_tokens=False)["input_ids"]
     rendered, hits = content_hits(
-        template, messages, special, special_strings(tokenizer), add_generation_prompt=True
+        template, messages, special, special_strings(tokenizer), add_generation_prompt=True, tools=tools
     )
     ids, _ = encode_split(tokenizer, [rendered.text], [hits])
     return rendered.text, ids[0]
@@ -102,9 +107,10 @@ class ReplyStream:
         template: Template,
         messages: list[Message],
         params: SamplingParams | None = None,
+        tools: tuple = (),
     ):
         self.model, self.tokenizer, self.params = model, tokenizer, params or SamplingParams()
-        self.prompt, self.prompt_ids = prompt_ids(template, tokenizer, messages)
+        self.prompt, self.prompt_ids = prompt_ids(template, tokenizer, messages, tools)
         self.stops = tuple(dict.fromkeys([*stop_strings(template, tokenizer), *self.params.stop]))
         vocab = tokenizer.get_vocab()
         self.stop_ids = {tokenizer.eos_token_id} | {vocab[s] for s in self.stops if s in vocab}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tool_cases import TOOL_RECORD_CASES
 
 from llama_sft.data.dataset import encode_with_report
 from llama_sft.data.issues import (
@@ -41,6 +42,7 @@ RECORD_CASES = {
     "trailing_user_dropped": (sharegpt(("human", "Hi"), ("gpt", "Hello"), ("human", "Bye")), "warning"),
     "control_string": (sharegpt(("human", "What does </s> mean?"), ("gpt", "End of sequence.")), "warning"),
 }
+RECORD_CASES.update(TOOL_RECORD_CASES)  # tool-calling reasons (data/tools.py)
 RAW_CASES = {  # reasons found before a record can be parsed: (JSONL line bytes, JSON file bytes)
     "malformed_json": (b'{"conversations": [\n', b'[{"conversations": []},\n {"conversations": [}\n]'),
     "invalid_utf8": (

@@ -21,6 +21,8 @@ from .templates import Rendered, SpecialText, Template, TemplateError
 
 IGNORE_INDEX = -100
 STRATEGIES = ("train_on_assistant", "train_on_last", "train_on_all")
+# Appended to a strategy name (so it is part of the data cache key): the final trace is context.
+REASONING_AS_CONTEXT = "+reasoning_as_context"
 
 
 @dataclass
@@ -45,7 +47,13 @@ class Encoded:
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
-def supervised_spans(rendered: Rendered, strategy: str) -> tuple[tuple[int, int], ...]:
+def supervised_spans(
+    rendered: Rendered, strategy: str, train_on_reasoning: bool = True
+) -> tuple[tuple[int, int], ...]:
+    if not train_on_reasoning and rendered.trace_spans:
+        from .reasoning import subtract
+
+        return subtract(supervised_spans(rendered, strategy), rendered.trace_spans)
     if strategy == "train_on_assistant":
         return rendered.spans
     if strategy == "train_on_last":
@@ -116,23 +124,27 @@ def encode_conversations(
     max_length: int | None = None,
     strategy: str = "train_on_assistant",
     special_policy: str | None = None,
+    train_on_reasoning: bool = True,
 ) -> list[Encoded]:
     """Render, tokenize in one batched call, and label. Truncates from the right to `max_length`.
 
     `special_policy` (see special_content.py; default: the tokenizer's, else warn): with `split`,
-    special-token strings in message content are tokenized as plain text."""
+    special-token strings in message content are tokenized as plain text.
+    `train_on_reasoning=False` keeps the final turn's reasoning trace as context."""
     from .special_content import content_hits, encode_split, policy_of, special_strings
 
+    if strategy.endswith(REASONING_AS_CONTEXT):
+        strategy, train_on_reasoning = strategy.removesuffix(REASONING_AS_CONTEXT), False
     special = SpecialText.from_tokenizer(tokenizer)
     if not conversations:
         return []
     if policy_of(tokenizer, special_policy) == "split":
         strings = special_strings(tokenizer)
-        pairs = [content_hits(template, c.messages, special, strings) for c in conversations]
+        pairs = [content_hits(template, c.messages, special, strings, tools=c.tools) for c in conversations]
         rendered = [r for r, _ in pairs]
         all_ids, all_offsets = encode_split(tokenizer, [r.text for r in rendered], [h for _, h in pairs])
     else:
-        rendered = [template.render(c.messages, special=special) for c in conversations]
+        rendered = [template.render(c.messages, special=special, tools=c.tools) for c in conversations]
         # Only ids and offsets: skipping the attention mask saves a Python list per conversation.
         enc = tokenizer(
             [r.text for r in rendered],
@@ -144,7 +156,9 @@ def encode_conversations(
     out = []
     for r, ids, offsets in zip(rendered, all_ids, all_offsets, strict=True):
         check_bos(ids, tokenizer, r.text)
-        labels, straddle = labels_from_offsets(ids, offsets, supervised_spans(r, strategy))
+        labels, straddle = labels_from_offsets(
+            ids, offsets, supervised_spans(r, strategy, train_on_reasoning)
+        )
         full = len(ids)
         if max_length is not None and full > max_length:
             ids, labels, offsets = ids[:max_length], labels[:max_length], offsets[:max_length]
@@ -159,5 +173,14 @@ def encode_conversation(
     max_length: int | None = None,
     strategy: str = "train_on_assistant",
     special_policy: str | None = None,
+    train_on_reasoning: bool = True,
 ) -> Encoded:
-    return encode_conversations([conversation], template, tokenizer, max_length, strategy, special_policy)[0]
+    return encode_conversations(
+        [conversation],
+        template,
+        tokenizer,
+        max_length,
+        strategy,
+        special_policy=special_policy,
+        train_on_reasoning=train_on_reasoning,
+    )[0]

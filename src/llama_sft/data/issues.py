@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from .tools import TOOL_ERROR_REASONS
+
 # Reasons that make a record unusable as it is.
 ERROR_REASONS = {
     "malformed_json": "the line or file is not valid JSON",
@@ -35,6 +37,8 @@ WARNING_REASONS = {
     "truncated": "the conversation is longer than model_max_length and was truncated",
     "boundary_token": "a token spans the prompt/reply boundary: it is context, so its reply part is never trained",
 }
+# Tool-calling records (data/tools.py), kept there with the rules that raise them.
+ERROR_REASONS.update(TOOL_ERROR_REASONS)
 ALL_REASONS = {**ERROR_REASONS, **REPAIR_REASONS, **WARNING_REASONS}
 
 

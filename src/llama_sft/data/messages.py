@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
 class Message:
     role: str
     content: str
+    # Tool use and reasoning (data/tools.py, data/reasoning.py); plain chat leaves them unset.
+    tool_calls: tuple = ()  # ToolCall objects of an assistant turn (its content may then be empty)
+    tool_call_id: str | None = None  # a tool result: the call it answers
+    name: str | None = None  # a tool result: the tool's name
+    reasoning: str | None = None  # an assistant turn's `reasoning_content`
+    payload: Any = None  # a tool result given as a JSON object/list, as templates render it
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -29,6 +36,7 @@ class Conversation:
     id: str = ""
     source: str = ""
     extra: dict = field(default_factory=dict)
+    tools: tuple = ()  # the record's JSON-schema functions (OpenAI's {"type": "function", ...} form)
 
     @property
     def system(self) -> str | None:
@@ -42,4 +50,10 @@ class Conversation:
         return self.messages[1:] if self.system is not None else list(self.messages)
 
     def to_dict(self) -> dict:
+        if self.tools or any(
+            m.role == "tool" or m.tool_calls or m.reasoning is not None for m in self.messages
+        ):
+            from .tools import to_openai_record
+
+            return to_openai_record(self.messages, self.tools, self.id)
         return {"id": self.id, "messages": [{"role": m.role, "content": m.content} for m in self.messages]}

@@ -21,6 +21,7 @@ run is loaded), so every prompt builder finds it without another argument.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -72,23 +73,28 @@ def find_special(text: str, strings: tuple[str, ...]) -> list[str]:
     return [] if pattern is None else sorted(set(pattern.findall(text)))
 
 
-def content_hits(template, messages, special, strings: tuple[str, ...], add_generation_prompt=False):
+def content_hits(
+    template, messages, special, strings: tuple[str, ...], add_generation_prompt=False, tools: tuple = ()
+):
     """(start, end) of special-token strings that come from message content in the rendered text.
 
     The conversation is rendered twice, once with every such string in content replaced by a
     same-length run of a private-use character: the runs' places are the content occurrences.
     Returns (rendered, hits); hits is empty when content holds none.
     """
-    rendered = template.render(messages, add_generation_prompt=add_generation_prompt, special=special)
+    rendered = template.render(
+        messages, add_generation_prompt=add_generation_prompt, special=special, tools=tuple(tools)
+    )
     pattern = _pattern(strings)
     if pattern is None or not any(pattern.search(m.content) for m in messages):
         return rendered, []
     marker = "\ue000"
     masked_messages = [
-        type(m)(m.role, pattern.sub(lambda x: marker * len(x.group()), m.content)) for m in messages
+        dataclasses.replace(m, content=pattern.sub(lambda x: marker * len(x.group()), m.content))
+        for m in messages
     ]
     masked = template.render(
-        masked_messages, add_generation_prompt=add_generation_prompt, special=special
+        masked_messages, add_generation_prompt=add_generation_prompt, special=special, tools=tuple(tools)
     ).text
     if len(masked) != len(rendered.text):
         raise ValueError(

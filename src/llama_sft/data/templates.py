@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class Rendered:
 
     text: str
     spans: tuple[tuple[int, int], ...]
+    # Where the final turn's reasoning trace sits (data/reasoning.py), for `train_on_reasoning`.
+    trace_spans: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,11 @@ class FormatTemplate:
     assistant_format: str = "{content}{eos}"  # the supervised part: what the model must generate
     assistant_suffix: str = ""  # unsupervised text after a reply (e.g. a newline)
     stop_strings: tuple[str, ...] = ()
+    tool_style: str | None = None  # how tools, calls and results render: llama3 | hermes (tool_templates.py)
 
     def __post_init__(self) -> None:
+        if self.tool_style is not None and self.tool_style not in ("llama3", "hermes"):
+            raise TemplateError(f"template {self.name!r}: tool_style must be llama3 or hermes")
         if "{content}" not in self.user_format or "{content}" not in self.assistant_format:
             raise TemplateError(
                 f"template {self.name!r}: user_format and assistant_format must contain {{content}}"
@@ -101,15 +107,47 @@ class FormatTemplate:
         if "{content}" not in (self.first_user_format or "{content}"):
             raise TemplateError(f"template {self.name!r}: first_user_format must contain {{content}}")
 
+    def _reply_start(self, messages, k, full, before, special, tools) -> int:
+        """Where turn k's reply starts when the prompt before it renders differently once later turns
+        follow (Hermes closes a last tool result differently; DeepSeek-R1's generation prompt opens
+        `<think>`): right after the generation prompt found where the context stops agreeing, or after
+        the part of it the full text shares, cut back to a marker or line end."""
+        context = self.render_text(messages[:k], False, special, tools)
+        base = len(os.path.commonprefix([context, full]))
+        cue = before[len(context) :] if before.startswith(context) else before[base:]
+        at = full.find(cue, base, base + len(cue) + 64) if cue else -1
+        if at >= 0:
+            return at + len(cue)
+        shared = len(os.path.commonprefix([cue, full[base:]]))
+        while shared > 0 and cue[shared - 1] not in ">\n":
+            shared -= 1
+        return base + shared
+
     def render(
-        self, messages: list[Message], add_generation_prompt: bool = False, special: SpecialText | None = None
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool = False,
+        special: SpecialText | None = None,
+        tools: tuple[dict, ...] = (),
     ) -> Rendered:
+        from . import reasoning
+        from .tool_templates import STYLES
+
         special = special or SpecialText()
+        style = STYLES.get(self.tool_style or "")
+        if style is None and (tools or any(m.role == "tool" or m.tool_calls for m in messages)):
+            raise TemplateError(
+                f"template {self.name!r} has no tool format: use llama-3, chatml, a tool_style in your YAML, "
+                "or the model's own Jinja template (--conv_template tokenizer)"
+            )
         system = self.default_system
         turns = list(messages)
         if turns and turns[0].role == "system":
             # An empty system message is "no system prompt", as if absent (the Jinja below agrees).
             system, turns = (turns[0].content if turns[0].content.strip() else system), turns[1:]
+        if style is not None:
+            system = style.system(system, tools)
+        traces = []
         parts = [_fill(self.prefix, special)]
         embed_system = system is not None and self.first_user_format is not None
         if system is not None and not embed_system:
@@ -119,22 +157,37 @@ class FormatTemplate:
         for n, msg in enumerate(turns):
             if msg.role == "user":
                 fmt = self.first_user_format if (n == 0 and embed_system) else self.user_format
-                piece = _fill(fmt, special, content=msg.content, system=system or "")
+                content = (
+                    style.first_user(msg.content, tools) if style is not None and n == 0 else msg.content
+                )
+                piece = _fill(fmt, special, content=content, system=system or "")
                 parts.append(piece)
                 text_len += len(piece)
             elif msg.role == "assistant":
+                final = n == len(turns) - 1
+                content = reasoning.assistant_text(msg, final)
+                if style is not None:
+                    content = style.calls(content, msg.tool_calls)
                 cue = _fill(self.generation_prompt, special)
-                reply = _fill(self.assistant_format, special, content=msg.content)
+                reply = _fill(self.assistant_format, special, content=content)
                 tail = _fill(self.assistant_suffix, special)
                 parts += [cue, reply, tail]
                 start = text_len + len(cue)
                 spans.append((start, start + len(reply)))
+                if final:
+                    found = reasoning.trace_span(reply, (0, len(reply)), reasoning.trace_text(msg))
+                    if found is not None:
+                        traces.append((start + found[0], start + found[1]))
                 text_len += len(cue) + len(reply) + len(tail)
+            elif msg.role == "tool" and style is not None:
+                piece = style.result(msg.content)
+                parts.append(piece)
+                text_len += len(piece)
             else:
                 raise TemplateError(f"unexpected role {msg.role!r} at turn {n}")
         if add_generation_prompt:
             parts.append(_fill(self.generation_prompt, special))
-        return Rendered("".join(parts), tuple(spans))
+        return Rendered("".join(parts), tuple(spans), tuple(traces))
 
     def control_strings(self, special: SpecialText | None = None) -> tuple[str, ...]:
         special = special or SpecialText()
@@ -179,13 +232,18 @@ class FormatTemplate:
                 out.append(json.dumps("".join(lit)))
             return "{{ " + " + ".join(out) + " }}" if out else ""
 
+        from .tool_templates import JINJA_ASSISTANT_TEXT, STYLES
+
+        style = STYLES.get(self.tool_style or "")
         default = "none" if self.default_system is None else json.dumps(self.default_system)
         embed = self.first_user_format is not None
+        user_content = style.jinja_user_content() if style is not None else "message['content']"
         j = [
-            "{%- set ns = namespace(system=" + default + ") -%}",
+            "{%- set ns = namespace(system=" + default + ", tools_text='', c='') -%}",
             "{%- if messages and messages[0]['role'] == 'system' -%}"
             "{%- if messages[0]['content'] | trim -%}{%- set ns.system = messages[0]['content'] -%}{%- endif -%}"
             "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set loop_messages = messages -%}{%- endif -%}",
+            style.jinja_setup() if style is not None else "",
             expr(self.prefix),
         ]
         if not embed:
@@ -198,18 +256,25 @@ class FormatTemplate:
         if embed:
             j.append(
                 "{%- if loop.first and ns.system is not none -%}"
-                + expr(self.first_user_format, content="message['content']", system="ns.system")
+                + expr(self.first_user_format, content=user_content, system="ns.system")
                 + "{%- else -%}"
-                + expr(self.user_format, content="message['content']")
+                + expr(self.user_format, content=user_content)
                 + "{%- endif -%}"
             )
         else:
-            j.append(expr(self.user_format, content="message['content']"))
+            j.append(expr(self.user_format, content=user_content))
         j.append(
             "{%- elif message['role'] == 'assistant' -%}"
+            + JINJA_ASSISTANT_TEXT
+            + (style.jinja_calls() if style is not None else "")
             + expr(self.generation_prompt)
-            + expr(self.assistant_format, content="message['content']")
+            + expr(self.assistant_format, content="ns.c")
             + expr(self.assistant_suffix)
+            + (
+                "{%- elif message['role'] in ('tool', 'ipython') -%}" + style.jinja_result()
+                if style is not None
+                else ""
+            )
             + "{%- else -%}{{ raise_exception('Unexpected role: ' + message['role']) }}{%- endif -%}{%- endfor -%}"
         )
         j.append("{%- if add_generation_prompt -%}" + expr(self.generation_prompt) + "{%- endif -%}")
@@ -253,6 +318,7 @@ BUILTIN: dict[str, FormatTemplate] = {
             generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
             assistant_format="{content}<|eot_id|>",
             stop_strings=("<|eot_id|>",),
+            tool_style="llama3",
         ),
         FormatTemplate(
             name="chatml",
@@ -263,6 +329,7 @@ BUILTIN: dict[str, FormatTemplate] = {
             assistant_format="{content}<|im_end|>",
             assistant_suffix="\n",
             stop_strings=("<|im_end|>",),
+            tool_style="hermes",
         ),
         FormatTemplate(
             name="alpaca",
@@ -282,50 +349,141 @@ BUILTIN: dict[str, FormatTemplate] = {
 
 @dataclass(frozen=True)
 class JinjaTemplate:
-    """A Jinja chat template (a file, or the tokenizer's own). Spans come from prefix differences:
-    the prompt up to an assistant turn (with generation prompt) must be a prefix of the prompt
-    including that turn, or the template cannot be trained on safely and we say so."""
+    """A Jinja chat template (a file, or the tokenizer's own), rendered by transformers' own
+    `render_jinja_template` with the arguments `apply_chat_template` passes (tools included), so
+    the text is the model's own rendering, quirks and all.
+
+    Spans come from prefix differences (`_span`): a turn starts where the prompt cut before it
+    (with the generation prompt) stops agreeing with the full text, and ends where the rendering cut
+    after it ends. A template that changes earlier turns when later ones are added, or always ends
+    with a generation cue, is handled by cutting at its last end-of-turn marker; if that fails we
+    refuse rather than guess. `template_kwargs` are extra template variables (e.g. `date_string`).
+    """
 
     name: str
     source: str
     description: str = "a Jinja chat template"
     stop_strings: tuple[str, ...] = ()
+    template_kwargs: tuple[tuple[str, object], ...] = ()
 
-    def _render_text(self, messages: list[Message], add_generation_prompt: bool, special: SpecialText) -> str:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    def __post_init__(self) -> None:
+        if not self.stop_strings:
+            found = tuple(m for m in END_OF_TURN_MARKERS if m in self.source)
+            object.__setattr__(self, "stop_strings", found)
 
-        def raise_exception(message):
-            raise TemplateError(message)
+    def render_text(
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool,
+        special: SpecialText,
+        tools: tuple[dict, ...] = (),
+    ) -> str:
+        from transformers.utils.chat_template_utils import render_jinja_template
 
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        from .tools import message_to_openai
+
+        # apply_chat_template drops None-valued keys before rendering; so do we.
+        chat = [{k: v for k, v in message_to_openai(m).items() if v is not None} for m in messages]
+        try:
+            rendered, _ = render_jinja_template(
+                conversations=[chat],
+                tools=list(tools) or None,
+                chat_template=self.source,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=special.bos,
+                eos_token=special.eos,
+                **dict(self.template_kwargs),
+            )
+        except Exception as exc:  # jinja2's TemplateError and friends: name the template
+            raise TemplateError(f"template {self.name!r} failed to render: {exc}") from None
+        return rendered[0]
+
+    def _span(self, messages, k, full, special, tools) -> tuple[int, int]:
+        before = self.render_text(messages[:k], True, special, tools)
+        upto = self.render_text(messages[: k + 1], False, special, tools)
+        start = (
+            len(before)
+            if full.startswith(before)
+            else self._reply_start(messages, k, full, before, special, tools)
         )
-        env.globals["raise_exception"] = raise_exception
-        return env.from_string(self.source).render(
-            messages=[{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=add_generation_prompt,
-            bos_token=special.bos,
-            eos_token=special.eos,
-        )
+        if full.startswith(upto) and self.render_text(messages[: k + 1], True, special, tools) != upto:
+            return start, len(upto)
+        agree = len(os.path.commonprefix([upto, full]))
+        ends = [
+            full.rfind(m, start, agree) + len(m)
+            for m in self.stop(special)
+            if full.rfind(m, start, agree) >= 0
+        ]
+        if not ends and full.startswith(upto):
+            return start, len(upto)
+        if not ends:
+            raise TemplateError(
+                f"template {self.name!r} is not prefix-stable at turn {k}: the rendered prompt changes when later "
+                "turns are added, so the supervised span cannot be located exactly. Use a built-in or YAML template."
+            )
+        return start, max(ends)
+
+    def _reply_start(self, messages, k, full, before, special, tools) -> int:
+        """Where turn k's reply starts when the prompt before it renders differently once later turns
+        follow (Hermes closes a last tool result differently; DeepSeek-R1's generation prompt opens
+        `<think>`): right after the generation prompt found where the context stops agreeing, or after
+        the part of it the full text shares, cut back to a marker or line end."""
+        context = self.render_text(messages[:k], False, special, tools)
+        base = len(os.path.commonprefix([context, full]))
+        cue = before[len(context) :] if before.startswith(context) else before[base:]
+        at = full.find(cue, base, base + len(cue) + 64) if cue else -1
+        if at >= 0:
+            return at + len(cue)
+        shared = len(os.path.commonprefix([cue, full[base:]]))
+        while shared > 0 and cue[shared - 1] not in ">\n":
+            shared -= 1
+        return base + shared
 
     def render(
-        self, messages: list[Message], add_generation_prompt: bool = False, special: SpecialText | None = None
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool = False,
+        special: SpecialText | None = None,
+        tools: tuple[dict, ...] = (),
     ) -> Rendered:
+        from . import reasoning
+
         special = special or SpecialText()
-        full = self._render_text(messages, add_generation_prompt, special)
-        spans = []
-        for k, msg in enumerate(messages):
-            if msg.role != "assistant":
-                continue
-            before = self._render_text(messages[:k], True, special)
-            upto = self._render_text(messages[: k + 1], False, special)
-            if not upto.startswith(before) or not full.startswith(upto):
+        full = self.render_text(messages, add_generation_prompt, special, tools)
+        spans = [
+            self._span(messages, k, full, special, tools)
+            for k, m in enumerate(messages)
+            if m.role == "assistant"
+        ]
+        replies = [m for m in messages if m.role == "assistant"]
+        for m, (s, e) in zip(replies, spans, strict=True):
+            lost = [c.name for c in m.tool_calls if c.name not in full[s:e]]
+            if lost:
                 raise TemplateError(
-                    f"template {self.name!r} is not prefix-stable at turn {k}: the rendered prompt changes when later "
-                    "turns are added, so the supervised span cannot be located exactly. Use a built-in or YAML template."
+                    f"template {self.name!r} does not render the tool call(s) {lost} of an assistant turn "
+                    "(it would train the model to answer without calling); use a template that renders tool_calls"
                 )
-            spans.append((len(before), len(upto)))
-        return Rendered(full, tuple(spans))
+        traces = []
+        last = messages[-1] if messages else None
+        trace = reasoning.trace_text(last) if last is not None and last.role == "assistant" else None
+        if trace is not None and not add_generation_prompt:
+            start, end = spans[-1]
+            found = reasoning.trace_span(full, (start, end), trace)
+            if found is None:
+                # The template drops traces (as DeepSeek-R1's does for every turn it is given): write the
+                # final turn the way the model generates it, the generation prompt then the trace.
+                cue = self.render_text(messages[:-1], True, special, tools)
+                cue = cue[start:] if cue.startswith(full[:start]) else ""
+                opener = "" if cue.rstrip().endswith(reasoning.OPEN) else reasoning.OPEN + "\n"
+                head = cue + opener
+                # The answer keeps the separator a template leaves after `</think>`, or gets one.
+                gap = "" if full.startswith("\n", start) else "\n\n"
+                inserted = head + trace + "\n" + reasoning.CLOSE + gap
+                full = full[:start] + inserted + full[start:]
+                spans[-1] = (start + len(cue), end + len(inserted))
+                found = (start + len(head), start + len(head) + len(trace))
+            traces.append(found)
+        return Rendered(full, tuple(spans), tuple(traces))
 
     def control_strings(self, special: SpecialText | None = None) -> tuple[str, ...]:
         special = special or SpecialText()
@@ -337,6 +495,16 @@ class JinjaTemplate:
 
     def to_jinja(self) -> str:
         return self.source
+
+
+# End-of-turn markers of well-known chat templates: a Jinja template's stop strings are those it writes.
+END_OF_TURN_MARKERS = (
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "<|end|>",
+)
 
 
 Template = FormatTemplate | JinjaTemplate

@@ -13,6 +13,7 @@ from pathlib import Path
 from .formats import RawRecord, RecordError, iter_records, record_id, record_to_messages
 from .issues import DataError, Issue, ValidationReport
 from .messages import Conversation, Message
+from .tools import is_tool_record, read_checked
 
 
 def check_turns(
@@ -86,7 +87,12 @@ def conversations_from_records(
         try:
             if rec.error is not None:
                 raise rec.error
-            pairs, repairs = check_turns(record_to_messages(rec.data, data_format), strict=strict)
+            if is_tool_record(rec.data):
+                messages, tools, repairs = read_checked(rec.data, data_format, strict)
+                pairs = [(m.role, m.content) for m in messages]
+            else:
+                pairs, repairs = check_turns(record_to_messages(rec.data, data_format), strict=strict)
+                messages, tools = [Message(role, content) for role, content in pairs], ()
         except RecordError as exc:
             report.add(issue(exc.reason, exc.detail, "error"))
             report.skipped_ids.append(rid if rid is not None else f"{rec.file}#{rec.index}")
@@ -100,9 +106,10 @@ def conversations_from_records(
         report.records_kept += 1
         parent = rec.data.get("parent_id") if isinstance(rec.data, dict) else None
         yield Conversation(
-            messages=[Message(role, content) for role, content in pairs],
+            messages=messages,
             id=rid or str(rec.index),
             source=f"{rec.file}#{rec.index}",
+            tools=tools,
             # Pieces `data split-long` cut from one conversation name it as parent_id: one group.
             extra={"group": str(parent)} if isinstance(parent, (str, int)) and parent != "" else {},
         )

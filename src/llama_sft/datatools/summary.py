@@ -36,6 +36,8 @@ REASONS = {
     "flattened": "written as one Alpaca record per round (--flatten)",
     "turn_fields_dropped": "per-turn fields were dropped to fit Alpaca (--flatten)",
     "not_sampled": "not picked for the mix",
+    "tool_calls": "tool calls and results, which Alpaca cannot hold",
+    "tool_format_converted": "tool calls and results rewritten in the target format's own shape",
     "repeated": "written more than once because its source has fewer records than its share (--repeat)",
 }
 ACTIONS = ("error", "dropped", "changed")

@@ -147,7 +147,7 @@ def _rendered(template, tokenizer, conversations):
     from ..data.templates import SpecialText
 
     special = SpecialText.from_tokenizer(tokenizer)
-    return [template.render(c.messages, special=special) for c in conversations]
+    return [template.render(c.messages, special=special, tools=c.tools) for c in conversations]
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -25,8 +25,15 @@ from starlette.exceptions import HTTPException
 
 from ..data.messages import Message
 from ..data.templates import Template
+from ..data.tool_templates import parse_calls, template_style
 from ..generation import PromptTooLong, ReplyStream, SamplingParams, build_prompt
-from .schema import APIError, ChatCompletionRequest, conversation_messages, validation_error
+from .schema import (
+    APIError,
+    ChatCompletionRequest,
+    conversation_messages,
+    tool_conversation,
+    validation_error,
+)
 
 log = logging.getLogger("llama_sft")
 DEFAULT_MAX_TOKENS = 512
@@ -46,9 +53,9 @@ class Worker:
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-sft-generate")
 
-    def reply_stream(self, messages: list[Message], params: SamplingParams) -> ReplyStream:
+    def reply_stream(self, messages: list[Message], params: SamplingParams, tools: tuple = ()) -> ReplyStream:
         try:
-            return ReplyStream(self.model, self.tokenizer, self.template, messages, params)
+            return ReplyStream(self.model, self.tokenizer, self.template, messages, params, tools)
         except PromptTooLong as exc:
             raise APIError(
                 400,
@@ -167,9 +174,36 @@ def create_app(model, tokenizer, template: Template, model_name: str, api_key: s
             seed=body.seed,
             stop=tuple(body.stop or ()),
         )
-        stream = worker.reply_stream(conversation_messages(body.messages), params)
+        with_tools = bool(body.tools) or any(
+            m.role in ("tool", "ipython") or m.tool_calls for m in body.messages
+        )
+        if with_tools:
+            messages, tools = tool_conversation(body.messages, body.tools)
+        else:
+            messages, tools = conversation_messages(body.messages), ()
+        stream = worker.reply_stream(messages, params, tools)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         now = int(time.time())
+        if with_tools and body.tool_choice != "none":
+            style = template_style(template)
+            if body.stream:
+                return StreamingResponse(
+                    _sse_tools(worker, stream, style, completion_id, now, model_name),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
+            message, finish = reply_message(await worker.complete(stream), style, stream.finish_reason)
+            return JSONResponse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": now,
+                    "model": model_name,
+                    "system_fingerprint": None,
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                    "usage": _usage(stream),
+                }
+            )
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
@@ -198,6 +232,57 @@ def create_app(model, tokenizer, template: Template, model_name: str, api_key: s
         )
 
     return app
+
+
+def reply_message(text: str, style: str | None, finish_reason: str | None) -> tuple[dict, str | None]:
+    """OpenAI's assistant message for a reply: `tool_calls` (finish_reason "tool_calls") when the
+    model wrote calls in its template's format, else plain content."""
+    content, calls = parse_calls(text, style) if style else (text, [])
+    if not calls:
+        return {"role": "assistant", "content": text}, finish_reason
+    tool_calls = [
+        {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": c.name, "arguments": json.dumps(c.parsed(), ensure_ascii=False)},
+        }
+        for c in calls
+    ]
+    return {"role": "assistant", "content": content or None, "tool_calls": tool_calls}, "tool_calls"
+
+
+async def _sse_tools(
+    worker: Worker, stream: ReplyStream, style: str | None, completion_id: str, created: int, model_name: str
+) -> AsyncIterator[str]:
+    """Streaming with tools: a call is only known to be one when it is complete, so the reply is
+    generated first and sent as OpenAI's deltas (content, or tool_calls with index), then [DONE]."""
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_name,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    try:
+        text = await worker.complete(stream)
+    except Exception as exc:
+        log.exception("generation failed mid-stream")
+        yield f"data: {json.dumps(APIError(500, f'generation failed: {exc}', 'server_error').body())}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    message, finish = reply_message(text, style, stream.finish_reason)
+    if message.get("content"):
+        yield chunk({"content": message["content"]})
+    for index, call in enumerate(message.get("tool_calls", [])):
+        yield chunk({"tool_calls": [{"index": index, **call}]})
+    yield chunk({}, finish)
+    yield "data: [DONE]\n\n"
 
 
 def _usage(stream: ReplyStream) -> dict:

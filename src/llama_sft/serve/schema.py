@@ -39,11 +39,15 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None  # accepted; the templates have no place for it
+    role: Literal["system", "developer", "user", "assistant", "tool", "ipython"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None  # accepted; the templates have no place for it (a tool result's tool name)
+    tool_calls: list[dict] | None = None  # an earlier assistant turn's calls, as OpenAI returns them
+    tool_call_id: str | None = None  # a tool result: the call it answers
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
@@ -73,6 +77,8 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    tools: list[dict] | None = None  # JSON-schema functions, rendered by the run's template
+    tool_choice: str | dict | None = None  # "auto" and "none" are honoured; forcing a tool is not
 
     @field_validator("stop")
     @classmethod
@@ -93,6 +99,13 @@ class ChatCompletionRequest(BaseModel):
                 param="n",
                 code="unsupported_parameter",
             )
+        if self.tool_choice not in (None, "auto", "none"):
+            return APIError(
+                422,
+                "tool_choice may be 'auto' or 'none': this server cannot force a call",
+                param="tool_choice",
+                code="unsupported_parameter",
+            )
         if self.logprobs:
             return APIError(422, "logprobs are not supported", param="logprobs", code="unsupported_parameter")
         for name in ("presence_penalty", "frequency_penalty"):
@@ -101,6 +114,30 @@ class ChatCompletionRequest(BaseModel):
                     422, f"{name} is not supported (only 0)", param=name, code="unsupported_parameter"
                 )
         return None
+
+
+def tool_conversation(messages: list[ChatMessage], tools: list[dict] | None) -> tuple[list[Message], tuple]:
+    """(messages, tools) of a request with tools or tool turns, read by the training reader
+    (data/tools.py); the conversation must end with a user turn or tool results."""
+    from ..data.formats import RecordError
+    from ..data.tools import check_tool_flow, read_tool_record
+
+    record = {"messages": [m.model_dump(exclude_none=True) for m in messages], "tools": tools or []}
+    for m in record["messages"]:
+        m.setdefault("content", None)
+    try:
+        out, parsed = read_tool_record(record, "openai")
+        check_tool_flow(out, parsed)
+    except RecordError as exc:
+        raise APIError(422, f"messages: {exc.detail}", param="messages", code=exc.reason) from None
+    if not out or out[-1].role not in ("user", "tool"):
+        raise APIError(
+            422,
+            "the last message must be a user message or tool results",
+            param="messages",
+            code="unsupported_conversation",
+        )
+    return out, parsed
 
 
 def conversation_messages(messages: list[ChatMessage]) -> list[Message]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import ConfigError, RunConfig
 from ..data.dataset import file_fingerprint, split_by_group
+from ..data.encode import REASONING_AS_CONTEXT
 from ..data.prepare import build_dataset_once
 from ..data.templates import get_template
 from ..data.tokenizer import TerminatorError, check_terminator, load_tokenizer, save_tokenizer
@@ -94,7 +95,7 @@ def build_datasets(run: RunConfig, tokenizer, template):
         tokenizer=tokenizer,
         template=template,
         max_length=d.model_max_length,
-        strategy=d.masking,
+        strategy=d.masking if d.train_on_reasoning else d.masking + REASONING_AS_CONTEXT,
         data_format=d.data_format,
         skip_bad=d.skip_bad,
         strict=d.strict,
