@@ -15,6 +15,7 @@ import torch
 
 from .data.messages import Message
 from .data.templates import SpecialText, Template, TemplateError
+from .rundir import stop_token_ids
 
 
 class PromptTooLong(ValueError):
@@ -90,8 +91,7 @@ class ReplyStream:
         self.prompt = build_prompt(template, tokenizer, messages)
         self.prompt_ids = tokenizer(self.prompt, add_special_tokens=False)["input_ids"]
         self.stops = tuple(dict.fromkeys([*stop_strings(template, tokenizer), *self.params.stop]))
-        vocab = tokenizer.get_vocab()
-        self.stop_ids = {tokenizer.eos_token_id} | {vocab[s] for s in self.stops if s in vocab}
+        self.stop_ids = set(stop_token_ids(template, tokenizer, extra=self.params.stop))
         self.max_new_tokens = self.params.max_new_tokens
         limit = context_length(model)
         if limit is not None:

@@ -18,6 +18,7 @@ from ..data.tokenizer import load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
 from ..model.load import load_model, load_model_config, preflight
 from ..model.trained import BASE_CONFIG
+from ..rundir import write_generation_config
 from .callbacks import MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
@@ -175,6 +176,8 @@ def train(run: RunConfig) -> dict:
             tokenizer, template, output_dir
         )  # chat_template = training template, reloads to same ids
         model_config.to_json_file(str(output_dir / BASE_CONFIG)) if run.lora.method != "full" else None
+        # Adapter runs too: vLLM or plain `generate` must stop where `llama-sft chat` does.
+        write_generation_config(output_dir, template, tokenizer, getattr(model, "generation_config", None))
         template_file = save_template(template, output_dir)
         fingerprints = {
             str(p): file_fingerprint(p)[:16] for p in [*run.data.data_path, *(run.data.eval_data_path or [])]
