@@ -153,6 +153,10 @@ def run_real_demo(
         **score(before_answers, heldout),
         "taught_loss": taught_loss(base, tokenizer, template, heldout),
     }
+    console.print(
+        f"      taught exact match {_pct(before['taught'])}, knowledge {_pct(before['knowledge'])}, "
+        f"taught loss {before['taught_loss']}"
+    )
     del base
     gc.collect()
 
