@@ -1,4 +1,6 @@
-"""`llama-sft demo`, the README's first command: the model must really learn held-out skills."""
+"""`llama-sft demo --tiny`, the offline demo: a tiny random model must really learn held-out skills.
+
+The real-model demo (the default) is tested in tests/model/test_real_model.py."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from llama_sft.cli.main import main
 pytestmark = pytest.mark.slow
 
 
-def test_demo_learns_held_out_prompts(tmp_path, capsys):
+def test_tiny_demo_learns_held_out_prompts(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output_dir", str(out)]) == 0
+    assert main(["demo", "--tiny", "--output_dir", str(out)]) == 0
     result = json.loads((out / "demo_results.json").read_text())
     assert result["before"]["exact_match"] <= 0.05
     assert result["after"]["exact_match"] >= 0.6, result["after"]

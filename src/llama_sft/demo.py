@@ -1,4 +1,4 @@
-"""`llama-sft demo`: watch a model learn, on CPU, in a few minutes, with nothing downloaded.
+"""`llama-sft demo --tiny`: watch a model learn, on CPU, in a few minutes, with nothing downloaded.
 
 It builds a tiny LLaMA with random weights and a tokenizer trained on the demo's own text,
 writes a synthetic multi-turn ShareGPT dataset of small skills, trains with the real `train`

@@ -15,6 +15,7 @@ import torch
 
 from .data.messages import Message
 from .data.templates import SpecialText, Template, TemplateError
+from .rundir import stop_token_ids
 
 
 class PromptTooLong(ValueError):
@@ -112,8 +113,7 @@ class ReplyStream:
         self.model, self.tokenizer, self.params = model, tokenizer, params or SamplingParams()
         self.prompt, self.prompt_ids = prompt_ids(template, tokenizer, messages, tools)
         self.stops = tuple(dict.fromkeys([*stop_strings(template, tokenizer), *self.params.stop]))
-        vocab = tokenizer.get_vocab()
-        self.stop_ids = {tokenizer.eos_token_id} | {vocab[s] for s in self.stops if s in vocab}
+        self.stop_ids = set(stop_token_ids(template, tokenizer, extra=self.params.stop))
         self.max_new_tokens = self.params.max_new_tokens
         limit = context_length(model)
         if limit is not None:

@@ -526,7 +526,8 @@ def template_from_yaml(path: Path) -> FormatTemplate:
     if "stop_strings" in data:
         data["stop_strings"] = tuple(data["stop_strings"])
     for key, value in data.items():
-        if key not in ("stop_strings", "default_system", "first_user_format") and not isinstance(value, str):
+        optional = key in ("default_system", "first_user_format", "tool_style") and value is None
+        if key != "stop_strings" and not optional and not isinstance(value, str):
             raise TemplateError(f"{path}: template key {key!r} must be a string, got {type(value).__name__}")
     try:
         return FormatTemplate(**data)

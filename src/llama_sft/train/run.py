@@ -22,6 +22,7 @@ from ..model.lean_load import load_for_this_rank
 from ..model.load import load_model_config, preflight
 from ..model.rope import check_rope_scaling, existing_scaling
 from ..model.trained import BASE_CONFIG
+from ..rundir import write_generation_config
 from .callbacks import MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
@@ -231,6 +232,8 @@ def train(run: RunConfig) -> dict:
             tokenizer, template, output_dir
         )  # chat_template = training template, reloads to same ids
         model_config.to_json_file(str(output_dir / BASE_CONFIG)) if run.lora.method != "full" else None
+        # Adapter runs too: vLLM or plain `generate` must stop where `llama-sft chat` does.
+        write_generation_config(output_dir, template, tokenizer, getattr(model, "generation_config", None))
         template_file = save_template(template, output_dir)
         fingerprints = {
             str(p): file_fingerprint(p)[:16] for p in [*run.data.data_path, *(run.data.eval_data_path or [])]
