@@ -12,6 +12,7 @@ import json  # noqa: E402
 
 import pytest  # noqa: E402
 from ci import unavailable  # noqa: E402,F401  (re-exported: fail under CI=true instead of skipping)
+from sample_records import make_sharegpt_records  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -51,27 +52,6 @@ def write_json(tmp_path):
         return path
 
     return write
-
-
-def make_sharegpt_records(n: int = 48, seed: int = 0) -> list[dict]:
-    """Small, learnable ShareGPT conversations (unit conversions, some two-turn)."""
-    import random
-
-    rng = random.Random(seed)
-    records = []
-    for i in range(n):
-        k = rng.randint(1, 99)
-        turns = [
-            {"from": "human", "value": f"Convert {k} km to metres."},
-            {"from": "gpt", "value": f"{k} km is {k}000 m."},
-        ]
-        if i % 3 == 0:
-            turns += [
-                {"from": "human", "value": "And in centimetres?"},
-                {"from": "gpt", "value": f"{k}00000 cm."},
-            ]
-        records.append({"id": f"conv_{i}", "conversations": turns})
-    return records
 
 
 @pytest.fixture

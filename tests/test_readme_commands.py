@@ -94,7 +94,7 @@ def reset_after_train() -> None:
 @pytest.fixture
 def workdir(tmp_path, tiny_model_dir, monkeypatch):
     """Scratch directory with the README's input files, and a short demo run at runs/demo/model."""
-    from conftest import make_sharegpt_records
+    from sample_records import make_sharegpt_records
 
     monkeypatch.chdir(tmp_path)
     records = make_sharegpt_records(60)

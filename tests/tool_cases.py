@@ -102,12 +102,7 @@ TOOL_RECORD_CASES = {
 
 
 def unavailable(reason: str):
-    """tests/conftest.py's `unavailable` (skip offline, fail under CI=true); `from conftest import`
-    is ambiguous once a test folder has a conftest of its own."""
-    import importlib.util
-    from pathlib import Path
+    """Skip offline, fail under CI=true (tests/ci.py)."""
+    from ci import unavailable as ci_unavailable
 
-    spec = importlib.util.spec_from_file_location("_root_conftest", Path(__file__).with_name("conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.unavailable(reason)
+    ci_unavailable(reason)

@@ -9,23 +9,10 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-
-@contextmanager
-def single_thread():
-    """Tiny models run ~10x faster on one thread than on two busy cores (CI runners, shared machines)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from threads import single_thread  # noqa: F401  (re-exported for the tests here)
 
 
 @pytest.fixture(scope="package", autouse=True)

@@ -10,8 +10,9 @@ import sys
 import time
 
 import pytest
-from conftest import single_thread
+from ci import require_module
 from test_serve_cmd import KEY, free_port, http
+from threads import single_thread
 
 from llama_sft.tool_demo import TOOLS
 
@@ -68,7 +69,7 @@ def tool_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(tool_run):
-    openai = pytest.importorskip("openai")
+    openai = require_module("openai")
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "LLAMA_SFT_API_KEY": KEY}
     cmd = [sys.executable, "-m", "llama_sft.cli.main", "serve", str(tool_run), "--port", str(port)]

@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+from ci import require_module
 
 from llama_sft.cli.main import main
 from llama_sft.data.messages import Conversation, Message
@@ -187,7 +188,7 @@ def serve_answers(run_dir, prompts: list[str], max_tokens: int) -> list[str]:
     """`llama-sft serve RUN` in a subprocess on loopback, asked with the official openai client."""
     import urllib.request
 
-    openai = pytest.importorskip("openai")
+    openai = require_module("openai")
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LLAMA_SFT_API_KEY": KEY}
     cmd = [sys.executable, "-m", "llama_sft.cli.main", "serve", str(run_dir), "--port", str(port)]

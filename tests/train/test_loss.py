@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ci import require_module
 from test_equivalence import (
     MAX_LEN,
     PAD,
@@ -116,7 +117,7 @@ def grads_names(model):
 
 
 def test_qlora_loss_and_grads_equal_plain(tmp_path):
-    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (>= 0.45 runs NF4 on CPU)")
+    require_module("bitsandbytes")  # QLoRA: bitsandbytes >= 0.45 runs NF4 on CPU
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
