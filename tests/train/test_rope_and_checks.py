@@ -76,7 +76,6 @@ def test_dynamic_rope_warns(caplog):
         (["--eval_strategy", "steps"], "without eval data"),
         (["--global_batch_size", "10", "--per_device_train_batch_size", "4"], "not a multiple"),
         (["--conv_template", "vicunna"], "did you mean 'vicuna_v1.1'"),
-        (["--method", "qlora"], "QLoRA"),
         (["--flash_attn", "True"], "flash"),
     ],
 )

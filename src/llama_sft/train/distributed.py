@@ -5,63 +5,24 @@ was really sharded and stops a run whose FSDP or ZeRO silently fell back to plai
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from pathlib import Path
 
 from transformers import TrainerCallback
 
 from ..config import ConfigError, RunConfig
+from ..sharding import (  # noqa: F401 - re-exported: the distributed rules are read from here too
+    deepspeed_config,
+    fsdp_requested,
+    fsdp_state_dict_type,
+    launched,
+    process_count,
+    shards_weights,
+    zero_stage,
+)
 
 log = logging.getLogger("llama_sft")
 
 LAUNCH_HINT = "torchrun --nproc_per_node N -m llama_sft.cli.main train ..., accelerate launch or deepspeed --no_local_rank"
-
-
-def launched() -> bool:
-    """True under torchrun, accelerate launch and the deepspeed launcher (they all set LOCAL_RANK)."""
-    return "LOCAL_RANK" in os.environ
-
-
-def process_count() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def deepspeed_config(run: RunConfig) -> dict | None:
-    """The DeepSpeed config in force: `--deepspeed FILE`, or the one an accelerate YAML names."""
-    t = run.training
-    hf_config = getattr(t, "hf_deepspeed_config", None)  # TrainingArguments built it from --deepspeed
-    if hf_config is not None:
-        return hf_config.config
-    if t.deepspeed:
-        if isinstance(t.deepspeed, dict):
-            return t.deepspeed
-        path = Path(t.deepspeed)
-        if not path.exists():
-            raise ConfigError(
-                f"--deepspeed {path}: file not found (shipped configs: configs/deepspeed/*.json)"
-            )
-        return json.loads(path.read_text(encoding="utf-8"))
-    plugin = getattr(t, "deepspeed_plugin", None)  # accelerate launch with distributed_type: DEEPSPEED
-    return plugin.deepspeed_config if plugin is not None else None
-
-
-def zero_stage(run: RunConfig) -> int | None:
-    """0-3 under DeepSpeed, None without it."""
-    config = deepspeed_config(run)
-    return None if config is None else int(config.get("zero_optimization", {}).get("stage", 0))
-
-
-def fsdp_requested(run: RunConfig) -> bool:
-    """`--fsdp ...`, or `accelerate launch` with an FSDP YAML (which sets ACCELERATE_USE_FSDP)."""
-    return bool(run.training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
-def fsdp_state_dict_type(run: RunConfig) -> str:
-    if run.training.fsdp:
-        return str((run.training.fsdp_config or {}).get("state_dict_type", "FULL_STATE_DICT"))
-    return os.environ.get("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT")
 
 
 def check_distributed(run: RunConfig) -> None:
