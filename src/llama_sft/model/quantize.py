@@ -67,15 +67,18 @@ def qlora_compute_dtype(dtype: torch.dtype, cuda: bool | None = None) -> torch.d
     return torch.bfloat16 if cuda and dtype == torch.float32 else dtype
 
 
-def quantization_config(dtype: torch.dtype, sharded: bool = False, cuda: bool | None = None):
-    """NF4 with double quantization, as in the QLoRA paper, for a run whose weights are `dtype`."""
+def quantization_config(
+    dtype: torch.dtype, sharded: bool = False, cuda: bool | None = None, compute: torch.dtype | None = None
+):
+    """NF4 with double quantization, as in the QLoRA paper, for a run whose weights are `dtype`
+    (`compute`: the compute dtype a finished run recorded, for merge to load its base as trained)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=QUANT_TYPE,
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=qlora_compute_dtype(dtype, cuda),
+        bnb_4bit_compute_dtype=compute or qlora_compute_dtype(dtype, cuda),
         # ZeRO-3 / FSDP shard parameters by dtype: store the 4-bit weights in the dtype of the others.
         bnb_4bit_quant_storage=dtype if sharded else torch.uint8,
     )

@@ -16,7 +16,8 @@ from ..data.dataset import build_dataset, file_fingerprint
 from ..data.templates import get_template
 from ..data.tokenizer import load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
-from ..model.load import load_model, load_model_config, preflight
+from ..model.load import load_model, load_model_config, preflight, quantization_config
+from ..model.quantize import describe as describe_quantization
 from ..model.trained import BASE_CONFIG
 from .callbacks import MetricsLogger
 from .collator import make_collator
@@ -191,6 +192,9 @@ def train(run: RunConfig) -> dict:
                 "summary": summary,
                 "rope_parameters": getattr(model_config, "rope_parameters", None),
                 "distributed": sharding.info,
+                "quantization": describe_quantization(quantization_config(run))
+                if run.lora.method == "qlora"
+                else None,
             },
         )
         plot_loss(output_dir)
