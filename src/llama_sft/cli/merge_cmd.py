@@ -8,7 +8,7 @@ import json
 # holds the two together).
 TOLERANCE_HELP = (
     "largest allowed difference in any logit between the merged model and the adapter on its base, over "
-    "a few short conversations in the run's template (default: 1e-3 for a float32 merge, 1.0 for "
+    "a few short conversations in the run's template (default: 0.001 for a float32 merge, 1 for "
     "bfloat16/float16: what rounding alone explains)"
 )
 
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         "training template, the stop tokens in generation_config.json, and the run record. vLLM, "
         "TGI or `llama-sft chat/serve/eval` then build the same prompt as training. Before writing, the "
         "merged model's logits are compared with the adapter's on its base over a few short "
-        "conversations in the run's template; beyond the tolerance (1e-3 for float32 merges, 1.0 for "
+        "conversations in the run's template; beyond the tolerance (0.001 for float32 merges, 1 for "
         "bfloat16/float16, any logit) nothing is written. QLoRA runs: the 4-bit base is loaded as in "
         "training (GPU, or CPU with bitsandbytes >= 0.50), dequantized to the run's compute dtype and "
         "merged, and checked against the adapter on the 4-bit base; the merged model matches the "
