@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -85,21 +84,38 @@ def test_merge_full_run_and_refuse_overwrite(full_run, tmp_path):
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
 
 
-def test_qlora_merge_needs_the_quantized_base_or_says_so(lora_run, tmp_path):
-    """On CPU the dequantize path cannot run; the error names the fix, and --qlora_base original works."""
-    import importlib.util
+def test_merge_refuses_to_write_a_merge_that_does_not_reproduce_the_adapter(lora_run, tmp_path, monkeypatch):
+    """A merge that lost the adapter (here: merge_and_unload that drops it) still loads and talks;
+    the check sees it in the logits, says by how much and against which tolerance, and writes nothing."""
+    from peft.tuners.lora import LoraModel
 
-    from llama_sft.config import ConfigError
+    from llama_sft.cli.main import main
     from llama_sft.export import merge_run
+    from llama_sft.export.merge_check import MergeCheckFailed
 
-    qlora = tmp_path / "qlora-run"
-    shutil.copytree(lora_run, qlora)
-    record = json.loads((qlora / "run_record.json").read_text())
-    record["method"] = "qlora"
-    (qlora / "run_record.json").write_text(json.dumps(record))
-    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="--qlora_base original"):
-            merge_run(qlora, tmp_path / "out")
-    notes = merge_run(qlora, tmp_path / "original", qlora_base="original")
-    assert "NF4 quantization error" in notes["merge"]
-    assert (tmp_path / "original" / "model.safetensors").exists()
+    monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, *a, **k: self.unload())
+    out = tmp_path / "out"
+    with pytest.raises(MergeCheckFailed, match=r"differ from the adapter's by up to .* \(tolerance 0.001;"):
+        merge_run(lora_run, out)
+    assert not out.exists()
+    # --tolerance overrides the limit (here loose enough to let this bad merge through).
+    notes = merge_run(lora_run, out, tolerance=1e6)
+    assert notes["check"]["max_abs_logit_diff"] > 1e-3 and (out / "model.safetensors").exists()
+    assert (
+        main(["merge", str(lora_run), "--out", str(tmp_path / "cli")]) == 2
+    )  # the CLI: exit 2, nothing written
+    assert not (tmp_path / "cli").exists()
+
+
+def test_merge_check_is_recorded_and_its_tolerance_is_in_help(merged_lora, capsys):
+    from llama_sft.cli.main import main
+    from llama_sft.export.merge_check import TOLERANCE
+
+    check = json.loads((merged_lora / "run_record.json").read_text())["export"]["check"]
+    assert check["max_abs_logit_diff"] <= 1e-5 and check["tolerance"] == TOLERANCE[torch.float32] == 1e-3
+    assert check["prompts"] == 3 and check["top1_agreement"] == 1.0
+    with pytest.raises(SystemExit):
+        main(["merge", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{TOLERANCE[torch.float32]:g} for a float32 merge" in text
+    assert f"{TOLERANCE[torch.bfloat16]:g} for bfloat16/float16" in text

@@ -76,7 +76,6 @@ def test_dynamic_rope_warns(caplog):
         (["--eval_strategy", "steps"], "without eval data"),
         (["--global_batch_size", "10", "--per_device_train_batch_size", "4"], "not a multiple"),
         (["--conv_template", "vicunna"], "did you mean 'vicuna_v1.1'"),
-        (["--method", "qlora"], "QLoRA"),
         (["--flash_attn", "True"], "flash"),
     ],
 )
@@ -88,7 +87,7 @@ def test_bad_config_fails_before_loading_weights(
     def no_weights(*args, **kwargs):
         raise AssertionError("model weights were loaded before the config was checked")
 
-    monkeypatch.setattr(run_module, "load_model", no_weights)
+    monkeypatch.setattr(run_module, "load_for_this_rank", no_weights)
     # The CUDA-only refusals (flash-attn) are checked as on a machine without CUDA, also on a GPU box.
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     code = main(

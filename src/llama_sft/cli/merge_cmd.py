@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import json
 
+# The numbers are export.merge_check.TOLERANCE (kept here so --help does not import torch; a test
+# holds the two together).
+TOLERANCE_HELP = (
+    "largest allowed difference in any logit between the merged model and the adapter on its base, over "
+    "a few short conversations in the run's template (default: 0.001 for a float32 merge, 1 for "
+    "bfloat16/float16: what rounding alone explains)"
+)
+
 
 def register(subparsers) -> None:
     from .main import formatter
@@ -15,9 +23,13 @@ def register(subparsers) -> None:
         description="Write a standalone model: merged weights in safetensors, the config the run "
         "trained with (RoPE scaling included), a tokenizer whose chat_template renders exactly the "
         "training template, the stop tokens in generation_config.json, and the run record. vLLM, "
-        "TGI or `llama-sft chat/serve/eval` then build the same prompt as training. QLoRA runs: the "
-        "4-bit base is dequantized to the compute dtype and merged (needs bitsandbytes and CUDA); "
-        "the merged model matches the trained one up to rounding to that dtype.",
+        "TGI or `llama-sft chat/serve/eval` then build the same prompt as training. Before writing, the "
+        "merged model's logits are compared with the adapter's on its base over a few short "
+        "conversations in the run's template; beyond the tolerance (0.001 for float32 merges, 1 for "
+        "bfloat16/float16, any logit) nothing is written. QLoRA runs: the 4-bit base is loaded as in "
+        "training (GPU, or CPU with bitsandbytes >= 0.50), dequantized to the run's compute dtype and "
+        "merged, and checked against the adapter on the 4-bit base; the merged model matches the "
+        "trained one up to rounding to that dtype.",
     )
     p.add_argument("run", metavar="RUN", help="a `llama-sft train` output directory")
     p.add_argument(
@@ -34,8 +46,9 @@ def register(subparsers) -> None:
         default="dequantized",
         choices=["dequantized", "original"],
         help="QLoRA only: merge into the dequantized 4-bit base as trained (default), or into the original "
-        "unquantized weights (works without a GPU; outputs differ by the NF4 quantization error)",
+        "unquantized weights (works without bitsandbytes; outputs differ by the NF4 quantization error)",
     )
+    p.add_argument("--tolerance", type=float, default=None, metavar="X", help=TOLERANCE_HELP)
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     p.add_argument("--json", action="store_true", help="print what was done as JSON")
     p.set_defaults(func=cmd_merge)
@@ -47,7 +60,12 @@ def cmd_merge(args) -> int:
     from llama_sft.export import merge_run
 
     notes = merge_run(
-        args.run, args.out, dtype=args.dtype, qlora_base=args.qlora_base, overwrite=args.overwrite
+        args.run,
+        args.out,
+        dtype=args.dtype,
+        qlora_base=args.qlora_base,
+        overwrite=args.overwrite,
+        tolerance=args.tolerance,
     )
     if args.json:
         print(json.dumps({"out": args.out, **notes}, indent=2, default=str))
@@ -58,5 +76,12 @@ def cmd_merge(args) -> int:
         f"  dtype {notes['dtype']}, RoPE {notes['rope_parameters']}, stop strings {notes['stop_strings']} "
         f"(token ids {notes['stop_token_ids']} in generation_config.json)"
     )
+    if "check" in notes:
+        check = notes["check"]
+        console.print(
+            f"  check: logits within {check['max_abs_logit_diff']:.2g} of the adapter's (tolerance "
+            f"{check['tolerance']:g}, {check['tokens']} tokens of {check['prompts']} prompts, next-token "
+            f"agreement {check['top1_agreement']:.0%})"
+        )
     console.print(f"  next: `llama-sft chat {args.out}` · `llama-sft serve {args.out}` · any HF-based server")
     return 0

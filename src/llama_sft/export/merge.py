@@ -5,13 +5,16 @@ included), a tokenizer whose `chat_template` is the training template, the templ
 record (so chat, eval and serve read them back), and a generation_config whose EOS ids include
 the template's single-token stop strings.
 
+Before writing, the merged model's logits are compared with the adapter's on its base
+(`merge_check`); beyond the stated tolerance nothing is written.
+
 QLoRA: the adapter was trained against the 4-bit base, i.e. against dequant(NF4(W)), not W. The
-default merges into exactly that: the base is loaded in 4-bit as in training, dequantized to the
-compute dtype, and the adapter is merged there, so the merged model matches the trained one up to
-rounding the sum to the compute dtype (bf16: ~3 significant digits per weight; the logits agree
-closely, not bit for bit). `--qlora_base original` merges into the unquantized W instead: its
-outputs differ from the trained model by the NF4 quantization error, usually the larger difference.
-Dequantizing needs bitsandbytes and a CUDA GPU.
+default merges into exactly that: the base is loaded in 4-bit as in training (on the GPU, or on the
+CPU with bitsandbytes >= 0.50), dequantized to the compute dtype the run recorded, and the adapter
+is merged there, so the merged model matches the trained one up to rounding the sum to that dtype
+(float32 on CPU: ~1e-5 in the logits; bfloat16: closely, not bit for bit). `--qlora_base original`
+merges into the unquantized W instead: its outputs differ from the trained model by the NF4
+quantization error, usually the larger difference.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from types import SimpleNamespace
 import torch
 
 from ..config import ConfigError
-from ..data.templates import SpecialText, Template
+from ..data.templates import SpecialText
 from ..data.tokenizer import save_tokenizer
 from ..model.trained import BASE_CONFIG, is_adapter_dir
+from ..rundir import with_stop_ids
 from ..train.outputs import RUN_RECORD, TEMPLATE_JINJA, TEMPLATE_YAML, load_run_template, read_run_record
+from .merge_check import check_inputs, compare, default_tolerance, logits_on
 
 log = logging.getLogger("llama_sft")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -65,39 +70,53 @@ def _base_config(run_dir: Path):
     return base, config
 
 
-def dequantized_qlora_base(run_dir: Path, dtype: torch.dtype):
-    """The base as the QLoRA run saw it: loaded in 4-bit NF4 as in training, then dequantized to `dtype`."""
-    import importlib.util
+def qlora_compute_dtype_of_run(run_dir: Path, record: dict) -> torch.dtype:
+    """The dtype the run's 4-bit layers computed in: recorded by training since CPU QLoRA, else the
+    rule training applied (float32 runs compute in bfloat16 on CUDA)."""
+    from ..model.quantize import qlora_compute_dtype
 
-    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
-        raise ConfigError(
-            "merging a QLoRA run dequantizes the 4-bit base the adapter was trained against, which needs bitsandbytes "
-            "and a CUDA GPU. On this machine pass --qlora_base original to merge into the unquantized base weights "
-            "(its outputs then differ from the trained model by the NF4 quantization error)."
-        )
+    recorded = (record.get("quantization") or {}).get("compute_dtype")
+    if recorded in DTYPES:
+        return DTYPES[recorded]
+    return qlora_compute_dtype(compute_dtype_of_run(run_dir))
+
+
+def quantized_qlora_base(run_dir: Path, compute: torch.dtype):
+    """The base as the QLoRA run saw it: NF4 with double quantization, computing in `compute`."""
     from transformers import AutoModelForCausalLM
 
-    from ..model.load import quantization_config
+    from ..model.quantize import check_bitsandbytes, keep_training_layout, quantization_config
 
+    try:
+        check_bitsandbytes()
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc}. Or pass --qlora_base original to merge into the unquantized base weights (its "
+            "outputs then differ from the trained model by the NF4 quantization error)."
+        ) from None
     base, config = _base_config(run_dir)
-    # The training quantization settings (nf4, double quant); unsharded storage holds the same values.
-    run = SimpleNamespace(
-        model=SimpleNamespace(torch_dtype=str(dtype).removeprefix("torch.")),
-        training=SimpleNamespace(bf16=False, fp16=False, deepspeed=None, fsdp=None),
-    )
+    load_dtype = compute_dtype_of_run(run_dir)
     model = AutoModelForCausalLM.from_pretrained(
         base,
         config=config,
-        quantization_config=quantization_config(run),
-        dtype=dtype,
-        device_map={"": 0},
+        quantization_config=quantization_config(load_dtype, compute=compute),
+        dtype=load_dtype,
+        device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"},
         use_safetensors=True,
     )
-    return model.dequantize(dtype=dtype)
+    keep_training_layout(model)  # the reference forward must not repack the weights merge dequantizes
+    return model
 
 
-def load_merged(run_dir: str | Path, dtype: str = "auto", qlora_base: str = "dequantized"):
-    """(merged model, tokenizer, template, notes) for a run directory or a model directory."""
+def load_merged(
+    run_dir: str | Path,
+    dtype: str = "auto",
+    qlora_base: str = "dequantized",
+    tolerance: float | None = None,
+):
+    """(merged model, tokenizer, template, notes) for a run directory or a model directory. Adapter
+    runs are checked against the unmerged adapter first (`merge_check`): MergeCheckFailed beyond
+    `tolerance` (default: by dtype)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -126,37 +145,39 @@ def load_merged(run_dir: str | Path, dtype: str = "auto", qlora_base: str = "deq
         notes["merge"] = "full fine-tuning: weights copied (nothing to merge)"
         return model, tokenizer, template, notes
     base, config = _base_config(run_dir)
+    inputs = check_inputs(template, tokenizer)
     if notes["method"] == "qlora" and qlora_base == "dequantized":
-        target = DTYPES.get(dtype) or compute_dtype_of_run(run_dir)
-        if target == torch.float32:
-            target = torch.bfloat16  # training computed the 4-bit layers in bf16 when asked for fp32
-        model = dequantized_qlora_base(run_dir, target)
+        compute = qlora_compute_dtype_of_run(run_dir, record)
+        target = DTYPES.get(dtype) or compute
+        adapter = PeftModel.from_pretrained(quantized_qlora_base(run_dir, compute), str(run_dir))
+        reference = logits_on(adapter, inputs)
+        plain = adapter.unload().dequantize(dtype=target).to(target)
+        model = PeftModel.from_pretrained(plain, str(run_dir)).merge_and_unload()
+        dtypes = (compute, target)
+        name = str(target).removeprefix("torch.")
         notes["merge"] = (
-            f"QLoRA: base loaded in 4-bit NF4 as in training, dequantized to {str(target).removeprefix('torch.')} and merged; matches "
-            "the trained model up to rounding to that dtype"
+            f"QLoRA: base loaded in 4-bit NF4 as in training (compute dtype {str(compute).removeprefix('torch.')}), "
+            f"dequantized to {name} and merged; checked against the adapter on the 4-bit base"
         )
     else:
         target = DTYPES.get(dtype) or getattr(config, "dtype", None) or torch.float32
         if isinstance(target, str):
             target = DTYPES.get(target, torch.float32)
         model = AutoModelForCausalLM.from_pretrained(base, config=config, dtype=target, use_safetensors=True)
+        adapter = PeftModel.from_pretrained(model, str(run_dir))
+        reference = logits_on(adapter, inputs)
+        model = adapter.merge_and_unload()
+        dtypes = (target,)
         notes["merge"] = f"LoRA merged into the base in {str(target).removeprefix('torch.')}"
         if notes["method"] == "qlora":
             notes["merge"] += (
                 " (QLoRA run merged into the original, unquantized base: outputs differ from the trained "
                 "model by the NF4 quantization error)"
             )
-    model = PeftModel.from_pretrained(model, str(run_dir)).merge_and_unload()
+    limit = tolerance if tolerance is not None else default_tolerance(*dtypes)
+    notes["check"] = compare(reference, logits_on(model, inputs), limit)
     notes["base_model"] = base
     return model, tokenizer, template, notes
-
-
-def stop_token_ids(template: Template, tokenizer) -> list[int]:
-    """EOS plus every stop string that is a single token (e.g. <|eot_id|>, <|im_end|>)."""
-    vocab = tokenizer.get_vocab()
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    ids += [vocab[s] for s in template.stop(SpecialText.from_tokenizer(tokenizer)) if s in vocab]
-    return list(dict.fromkeys(ids))
 
 
 def merge_run(
@@ -165,19 +186,22 @@ def merge_run(
     dtype: str = "auto",
     qlora_base: str = "dequantized",
     overwrite: bool = False,
+    tolerance: float | None = None,
 ) -> dict:
-    """Write the merged model to `out_dir`; returns what was done (also saved in the run record)."""
+    """Check, then write the merged model to `out_dir`; returns what was done (also saved in the run
+    record). Raises MergeCheckFailed, writing nothing, when the merge does not reproduce the adapter."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():
         raise ConfigError("--out must differ from the run directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; pass --overwrite or choose another --out")
-    model, tokenizer, template, notes = load_merged(run_dir, dtype, qlora_base)
+    model, tokenizer, template, notes = load_merged(run_dir, dtype, qlora_base, tolerance)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True  # training turned the KV cache off; servers want it on
-    stops = stop_token_ids(template, tokenizer)
-    model.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # the template's stop ids, then any EOS ids the base already listed (rundir, as training writes them)
+    model.generation_config = with_stop_ids(model.generation_config, template, tokenizer)
+    stops = model.generation_config.eos_token_id
+    stops = [stops] if isinstance(stops, int) else list(stops)
     model.save_pretrained(str(out_dir))
     save_tokenizer(tokenizer, template, out_dir)
     for name in (TEMPLATE_YAML, TEMPLATE_JINJA):

@@ -1,7 +1,7 @@
 """Load the base model as the run asks: dtype, attention, RoPE scaling, 4-bit, adapters.
 
-Checks that can fail without weights (flash-attn missing, QLoRA without CUDA/bitsandbytes) run in
-`preflight` before anything large is loaded.
+Checks that can fail without weights (flash-attn missing, a bitsandbytes that cannot run 4-bit
+here) run in `preflight` before anything large is loaded. The 4-bit choices are in `quantize`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import torch
 
 from ..config import ConfigError, RunConfig
+from . import quantize
 from .rope import apply_rope_scaling
 
 log = logging.getLogger(__name__)
@@ -38,32 +39,14 @@ def preflight(run: RunConfig) -> None:
         if not torch.cuda.is_available():
             raise ConfigError("--flash_attn True needs a CUDA GPU; drop the flag on CPU")
     if run.lora.method == "qlora":
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError(
-                "QLoRA needs bitsandbytes: pip install 'llama-sft[qlora]' (or use --method lora)"
-            )
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "QLoRA loads the base in 4-bit with bitsandbytes, which needs a CUDA GPU; "
-                "on CPU use --method lora or --method full"
-            )
+        quantize.check_bitsandbytes()  # CUDA or CPU: bitsandbytes >= 0.50 runs NF4 on both
     if run.lora.use_dora and run.lora.method == "full":
         raise ConfigError("--use_dora True applies to adapters; use it with --method lora or qlora")
 
 
 def quantization_config(run: RunConfig):
-    from transformers import BitsAndBytesConfig
-
-    dtype = compute_dtype(run)
-    sharded = bool(run.training.deepspeed) or bool(run.training.fsdp)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=dtype if dtype != torch.float32 else torch.bfloat16,
-        # ZeRO-3 / FSDP shard parameters by dtype: store the 4-bit weights in the compute dtype so they can.
-        bnb_4bit_quant_storage=dtype if sharded and dtype != torch.float32 else torch.uint8,
-    )
+    """The BitsAndBytesConfig this run loads its base with (`quantize` explains the dtypes)."""
+    return quantize.run_quantization_config(run, compute_dtype(run))
 
 
 def load_model_config(run: RunConfig):
@@ -92,10 +75,9 @@ def load_model(run: RunConfig, config=None):
         kwargs["attn_implementation"] = run.model.attn_implementation
     if run.lora.method == "qlora":
         kwargs["quantization_config"] = quantization_config(run)
-        if not (run.training.deepspeed or run.training.fsdp):
-            import os
-
-            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        kwargs["device_map"] = quantize.device_map(run)
     model = AutoModelForCausalLM.from_pretrained(run.model.model_name_or_path, **kwargs)
+    if run.lora.method == "qlora":
+        quantize.keep_training_layout(model)
     model.config.use_cache = False  # the KV cache is useless in training and breaks checkpointing
     return model

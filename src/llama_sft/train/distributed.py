@@ -5,23 +5,25 @@ was really sharded and stops a run whose FSDP or ZeRO silently fell back to plai
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
 
 from transformers import TrainerCallback
 
 from ..config import ConfigError, RunConfig
+from ..sharding import (  # noqa: F401 - re-exported: the distributed rules are read from here too
+    deepspeed_config,
+    fsdp_requested,
+    fsdp_state_dict_type,
+    launched,
+    process_count,
+    shards_weights,
+    zero_stage,
+)
 
 log = logging.getLogger("llama_sft")
 
 LAUNCH_HINT = "torchrun --nproc_per_node N -m llama_sft.cli.main train ..., accelerate launch or deepspeed --no_local_rank"
-
-
-def launched() -> bool:
-    """True under torchrun, accelerate launch and the deepspeed launcher (they all set LOCAL_RANK)."""
-    return "LOCAL_RANK" in os.environ
 
 
 def deepspeed_in_one_process(argv: list[str], config_file: str | None) -> str | None:
@@ -54,51 +56,9 @@ def deepspeed_in_one_process(argv: list[str], config_file: str | None) -> str | 
     )
 
 
-def process_count() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def deepspeed_config(run: RunConfig) -> dict | None:
-    """The DeepSpeed config in force: `--deepspeed FILE`, or the one an accelerate YAML names."""
-    t = run.training
-    hf_config = getattr(t, "hf_deepspeed_config", None)  # TrainingArguments built it from --deepspeed
-    if hf_config is not None:
-        return hf_config.config
-    if t.deepspeed:
-        if isinstance(t.deepspeed, dict):
-            return t.deepspeed
-        path = Path(t.deepspeed)
-        if not path.exists():
-            raise ConfigError(
-                f"--deepspeed {path}: file not found (shipped configs: configs/deepspeed/*.json)"
-            )
-        return json.loads(path.read_text(encoding="utf-8"))
-    plugin = getattr(t, "deepspeed_plugin", None)  # accelerate launch with distributed_type: DEEPSPEED
-    return plugin.deepspeed_config if plugin is not None else None
-
-
-def zero_stage(run: RunConfig) -> int | None:
-    """0-3 under DeepSpeed, None without it."""
-    config = deepspeed_config(run)
-    return None if config is None else int(config.get("zero_optimization", {}).get("stage", 0))
-
-
-def fsdp_requested(run: RunConfig) -> bool:
-    """`--fsdp ...`, or `accelerate launch` with an FSDP YAML (which sets ACCELERATE_USE_FSDP)."""
-    return bool(run.training.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-
-
-def fsdp_state_dict_type(run: RunConfig) -> str:
-    if run.training.fsdp:
-        return str((run.training.fsdp_config or {}).get("state_dict_type", "FULL_STATE_DICT"))
-    return os.environ.get("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT")
-
-
 def check_distributed(run: RunConfig) -> None:
     """Refuse, with the fix, combinations that cannot run, cannot shard or would save empty weights."""
     import torch
-
-    from ..model.load import compute_dtype
 
     stage, fsdp = zero_stage(run), fsdp_requested(run)
     if stage is not None and fsdp:
@@ -129,26 +89,14 @@ def check_distributed(run: RunConfig) -> None:
             f"FSDP state_dict_type {fsdp_state_dict_type(run)}: the Trainer then writes no final weights at all. "
             "Use FULL_STATE_DICT (as configs/accelerate/fsdp.yaml does)"
         )
-    if (run.lora.method == "qlora" or run.lora.q_lora) and (stage == 3 or fsdp):
-        check_sharded_qlora(run, stage, compute_dtype(run) == torch.float32)
+    if (run.lora.method == "qlora" or run.lora.q_lora) and shards_weights(run):
+        check_sharded_qlora(run)
 
 
-def check_sharded_qlora(run: RunConfig, stage: int | None, float32: bool) -> None:
-    """load.py stores the 4-bit weights in the compute dtype (bnb_4bit_quant_storage) under ZeRO-3 and
-    FSDP, which shard by dtype, so they split with the 16-bit LoRA and norm weights. In float32 they
-    stay uint8."""
-    fix = "pass --bf16 True (or --fp16 True on pre-Ampere GPUs)"
-    if float32 and stage == 3:
-        raise ConfigError(
-            f"QLoRA with ZeRO-3 needs the 4-bit weights stored in a 16-bit dtype to partition them: {fix}, "
-            "or use configs/deepspeed/zero2.json, which does not shard weights"
-        )
-    if float32:
-        log.warning(
-            "QLoRA with FSDP in float32: the 4-bit weights stay uint8, which FSDP leaves whole on every "
-            "process, so the base model is not sharded; %s to shard it",
-            fix,
-        )
+def check_sharded_qlora(run: RunConfig) -> None:
+    """QLoRA under ZeRO-3 or FSDP: `model.quantize` stores the 4-bit weights in the dtype of the other
+    weights (float32 included), so the engines, which shard by dtype, split them with the rest;
+    `ShardingCheck` verifies that they did."""
     offload = (deepspeed_config(run) or {}).get("zero_optimization", {}).get("offload_param", {})
     if offload.get("device", "none") != "none":
         log.warning(
@@ -211,18 +159,25 @@ def describe_sharding(model, optimizer=None) -> dict:
     except ImportError:  # pragma: no cover - torch < 2.6 has no FSDP2
         FSDPModule = DTensor = ()  # noqa: N806
 
+    def sizes(p) -> tuple[int, int]:  # (full, on this process)
+        if isinstance(p, DTensor):  # FSDP2 shard
+            return p.numel(), p.to_local().numel()
+        if hasattr(p, "ds_id"):  # ZeRO-3 partition
+            return p.ds_numel, p.ds_tensor.numel()
+        return p.numel(), p.numel()
+
     fsdp2 = [type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)]
     fsdp1 = sum(isinstance(m, FullyShardedDataParallel) for m in model.modules())
     full = local = dtensors = zero3 = 0
     for p in model.parameters():
-        if isinstance(p, DTensor):  # FSDP2 shard
-            dtensors += 1
-            full, local = full + p.numel(), local + p.to_local().numel()
-        elif hasattr(p, "ds_id"):  # ZeRO-3 partition
-            zero3 += 1
-            full, local = full + p.ds_numel, local + p.ds_tensor.numel()
-        else:
-            full, local = full + p.numel(), local + p.numel()
+        dtensors += isinstance(p, DTensor)
+        zero3 += hasattr(p, "ds_id")
+        size = sizes(p)
+        full, local = full + size[0], local + size[1]
+    # QLoRA: the packed 4-bit weights of bitsandbytes' Linear4bit layers, which are the base model.
+    # (peft's LoRA wrapper around one is also called Linear4bit, hence the module check.)
+    four_bit = [m.weight for m in model.modules() if any(_is_bnb_linear4bit(c) for c in type(m).__mro__)]
+    four_bit_sizes = [sizes(p) for p in four_bit]
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the real optimizer
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     world_size = torch.distributed.get_world_size() if dist else 1
@@ -246,8 +201,15 @@ def describe_sharding(model, optimizer=None) -> dict:
         "zero3_params": zero3,
         "params_full": full,
         "params_local": local,
+        "four_bit_layers": len(four_bit),
+        "four_bit_full": sum(f for f, _ in four_bit_sizes),
+        "four_bit_local": sum(n for _, n in four_bit_sizes),
         "optimizer": optimizer_name,
     }
+
+
+def _is_bnb_linear4bit(cls) -> bool:
+    return cls.__name__ == "Linear4bit" and cls.__module__.startswith("bitsandbytes")
 
 
 class ShardingCheck(TrainerCallback):
@@ -275,5 +237,13 @@ class ShardingCheck(TrainerCallback):
             )
         if self.stage == 3 and not info["zero3_params"]:
             raise RuntimeError("ZeRO-3 was requested but no parameter is partitioned")
+        sharded = self.fsdp or self.stage == 3
+        if sharded and info["four_bit_layers"] and info["world_size"] > 1:
+            if info["four_bit_local"] >= info["four_bit_full"]:
+                raise RuntimeError(
+                    f"{info['requested']} was requested but the {info['four_bit_layers']} 4-bit layers of the "
+                    "QLoRA base are whole on every process (bnb_4bit_quant_storage differs from the other "
+                    "weights' dtype?): the base is not sharded"
+                )
         if state.is_world_process_zero:
             log.info("sharding: %s", ", ".join(f"{k}={v}" for k, v in info.items() if v not in (None, [], 0)))

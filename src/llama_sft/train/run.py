@@ -19,7 +19,8 @@ from ..data.templates import get_template
 from ..data.tokenizer import TerminatorError, check_terminator, load_tokenizer, save_tokenizer
 from ..model.adapters import add_adapters, trainable_summary
 from ..model.lean_load import load_for_this_rank
-from ..model.load import load_model_config, preflight
+from ..model.load import load_model_config, preflight, quantization_config
+from ..model.quantize import describe as describe_quantization
 from ..model.rope import check_rope_scaling, existing_scaling
 from ..model.trained import BASE_CONFIG
 from ..rundir import write_generation_config
@@ -253,6 +254,9 @@ def train(run: RunConfig) -> dict:
                 "special_tokens_in_content": run.data.special_tokens_in_content,
                 "distributed": sharding.info,
                 "host_memory": host,
+                "quantization": describe_quantization(quantization_config(run))
+                if run.lora.method == "qlora"
+                else None,
             },
         )
         plot_loss(output_dir)
