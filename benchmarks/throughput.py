@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -81,7 +82,7 @@ SLICE = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=1, num
 QUICK = {"smollm2": {2048: ["fastchat", "packed", "trl"]}}
 FULL = {
     "smollm2": {2048: ["fastchat", "packed", "packed_sdpa", "trl", "trl_kernel"]},
-    "llama2-7b-slice": {2048: ["fastchat", "fastchat_own", "packed", "trl", "trl_kernel"]},
+    "llama2-7b-slice": {2048: ["fastchat", "fastchat_own", "packed", "trl"]},
 }
 
 
@@ -265,7 +266,7 @@ def write_markdown(result: dict, path: Path) -> None:
         "# Training throughput on real shapes (CPU-measured; GPU overhead modelled, not measured)",
         "",
         *common.header_lines(prov, result["command"]),
-        f"Each system in a fresh process with {result['threads']} torch thread(s); one warm-up step, then "
+        f"Each system in a fresh process with {result['threads']} torch thread(s), {result['jobs']} process(es) at a time; one warm-up step, then "
         f"{result['timed_steps']} timed steps; rates per CPU second of the process (see the script's docstring).",
         "",
         "Workloads:",
@@ -326,6 +327,9 @@ def main(argv=None) -> int:
     p.add_argument("--conversations", type=int, help="conversations per workload (default 64; quick 24)")
     p.add_argument("--timed-steps", type=int, default=2, help="timed steps per system after 1 warm-up step")
     p.add_argument("--threads", type=int, default=1, help="torch threads per system process")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="system processes at once (each timed in its own CPU s)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=None,
                    help="write benchmarks/results/throughput.{json,md} (default: full run yes, --quick no)")  # fmt: skip
@@ -356,7 +360,7 @@ def main(argv=None) -> int:
 
 def run_all(args, plan: dict, n: int, save: bool, work: Path) -> int:
     prov, started = common.provenance(), time.perf_counter()
-    results, data = [], {}
+    specs, data = [], {}
     for wl, by_length in plan.items():
         for length, systems in by_length.items():
             key = f"{wl}@{length}"
@@ -365,31 +369,41 @@ def run_all(args, plan: dict, n: int, save: bool, work: Path) -> int:
             for system in systems:
                 why = available(system, wl)
                 if why:
-                    results.append({"system": system, "workload": wl, "max_length": length, "skipped": why})
-                    print(f"[{key}] {system}: skipped ({why})", file=sys.stderr, flush=True)
+                    specs.append({"system": system, "workload": wl, "max_length": length, "skipped": why})
                     continue
-                spec = {
+                specs.append({
                     "system": system, "workload": wl, "max_length": length, "data": data[key]["file"],
                     "model": workload(wl)["model"], "attention": ATTENTION.get(system, "sdpa"),
                     "batch": BATCH.get(system, 1), "timed_steps": args.timed_steps, "threads": args.threads,
                     "seed": args.seed, "out": str(work / f"{system}-{key}"),
-                }  # fmt: skip
-                r = run_worker(spec)
-                results.append(r)
-                print(
-                    f"[{key}] {system:12s} {r['supervised_tokens_per_cpu_s']:8,.1f} supervised tok/CPU-s "
-                    f"({100 * r['supervised_share_of_computed']:.1f}% of {r['computed_tokens_per_cpu_s_median']:,.0f} "
-                    f"computed), loss {r['loss_first_batch']}, peak {r['peak_rss_mb']} MB "
-                    f"[{time.perf_counter() - started:.0f}s]",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                })  # fmt: skip
+
+    def one(spec: dict) -> dict:
+        key = f"{spec['workload']}@{spec['max_length']}"
+        if "skipped" in spec:
+            print(f"[{key}] {spec['system']}: skipped ({spec['skipped']})", file=sys.stderr, flush=True)
+            return spec
+        r = run_worker(spec)
+        print(
+            f"[{key}] {spec['system']:12s} {r['supervised_tokens_per_cpu_s']:8,.1f} supervised tok/CPU-s "
+            f"({100 * r['supervised_share_of_computed']:.1f}% of {r['computed_tokens_per_cpu_s_median']:,.0f} "
+            f"computed), loss {r['loss_first_batch']}, peak {r['peak_rss_mb']} MB "
+            f"[{time.perf_counter() - started:.0f}s]",
+            file=sys.stderr,
+            flush=True,
+        )
+        return r
+
+    # Several systems at once only shares the cores: rates are per CPU second of each process.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(one, specs))
     comps = comparisons(results)
     result = {
         "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else ""),
         "provenance": common.finish(prov),
         "quick": args.quick,
         "threads": args.threads,
+        "jobs": args.jobs,
         "timed_steps": args.timed_steps,
         "seed": args.seed,
         "conversations": n,
