@@ -383,7 +383,13 @@ def run_all(args, plan: dict, n: int, save: bool, work: Path) -> int:
         if "skipped" in spec:
             print(f"[{key}] {spec['system']}: skipped ({spec['skipped']})", file=sys.stderr, flush=True)
             return spec
-        r = run_worker(spec)
+        try:
+            r = run_worker(spec)
+        except RuntimeError as exc:  # one broken system must not lose the others' measurements
+            print(f"[{key}] {spec['system']}: FAILED\n{exc}", file=sys.stderr, flush=True)
+            return {k: spec[k] for k in ("system", "workload", "max_length")} | {
+                "skipped": f"failed: {str(exc)[-300:]}"
+            }
         print(
             f"[{key}] {spec['system']:12s} {r['supervised_tokens_per_cpu_s']:8,.1f} supervised tok/CPU-s "
             f"({100 * r['supervised_share_of_computed']:.1f}% of {r['computed_tokens_per_cpu_s_median']:,.0f} "
@@ -399,7 +405,7 @@ def run_all(args, plan: dict, n: int, save: bool, work: Path) -> int:
         results = list(pool.map(one, specs))
     comps = comparisons(results)
     result = {
-        "command": "python benchmarks/throughput.py" + (" --quick" if args.quick else ""),
+        "command": "python " + " ".join(["benchmarks/throughput.py", *sys.argv[1:]]),
         "provenance": common.finish(prov),
         "quick": args.quick,
         "threads": args.threads,

@@ -125,8 +125,10 @@ def encode_conversations(
     # Only ids and offsets: skipping the attention mask saves a Python list per conversation.
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
     out = []
+    bos = tokenizer.bos_token_id  # once: the attribute goes through a vocabulary lookup every time
     for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
-        check_bos(ids, tokenizer, r.text)
+        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            check_bos(ids, tokenizer, r.text)
         labels, straddle = labels_from_offsets(ids, offsets, supervised_spans(r, strategy))
         full = len(ids)
         if max_length is not None and full > max_length:
