@@ -333,6 +333,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=None,
                    help="write benchmarks/results/throughput.{json,md} (default: full run yes, --quick no)")  # fmt: skip
+    p.add_argument("--out", default=str(common.RESULTS / "throughput"), help="results path without suffix")
     p.add_argument(
         "--allow-dirty", action="store_true", help="save from a dirty tree, flagged in the results"
     )
@@ -421,12 +422,11 @@ def run_all(args, plan: dict, n: int, save: bool, work: Path) -> int:
         "elapsed_s": round(time.perf_counter() - started),
     }
     if save:
-        common.RESULTS.mkdir(parents=True, exist_ok=True)
-        (common.RESULTS / "throughput.json").write_text(
-            json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-        )
-        write_markdown(result, common.RESULTS / "throughput.md")
-        print(f"wrote {common.RESULTS / 'throughput.json'} and .md", file=sys.stderr)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        write_markdown(result, out.with_suffix(".md"))
+        print(f"wrote {out}.json and .md", file=sys.stderr)
     print("\n".join(table(results, comps)))
     print(result["summary"])
     print(
