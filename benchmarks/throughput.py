@@ -5,12 +5,12 @@
 
 Workloads (real vocabularies, nothing renumbered):
   smollm2          the real SmolLM2-135M-Instruct (`llama_sft.model.smollm2.smollm2_dir()`: 30 layers,
-                   hidden 576, GQA 9/3, 49,152-token vocabulary), its own tokenizer, chatml; full
-                   fine-tuning in fp32, lr 1e-4.
+                   hidden 576, GQA 9/3, 49,152-token vocabulary), its own tokenizer, chatml.
   llama2-7b-slice  LLaMA-2-7B's width (hidden 4096, MLP 11008, 32 heads, 32 KV heads as 7B has no GQA,
                    32,000-token vocabulary) with 1 decoder layer and random weights, LLaMA-2's real
-                   SentencePiece tokenizer, vicuna_v1.1; LoRA r8 on all seven projections, lr 2e-4 (full
-                   fine-tuning of even one 7B-width layer with AdamW needs ~7 GB fp32 here).
+                   SentencePiece tokenizer, vicuna_v1.1.
+Both: LoRA r8 on all seven projections (no dropout), frozen fp32 base, lr 5e-4, AdamW. LoRA, not full
+fine-tuning, because 8 jobs share 24 GB here: full fine-tuning of SmolLM2 at 2048 peaked at 6 GB.
 Systems (each in a fresh process; `--systems` picks):
   fastchat      FastChat's batching reproduced with our pipeline: every row padded to model_max_length
                 (`--packing none`), random order, 1 conversation a batch.
@@ -74,7 +74,7 @@ BATCH = {"padded": 4}
 LORA = dict(
     r=8,
     lora_alpha=16,
-    lora_dropout=0.05,
+    lora_dropout=0.0,
     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 )
 SLICE = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=1, num_attention_heads=32,
@@ -93,19 +93,19 @@ def workload(name: str) -> dict:
 
         path = str(smollm2_dir())
         return {
-            "model": {"kind": "pretrained", "path": path, "learning_rate": 1e-4},
+            "model": {"kind": "pretrained", "path": path, "lora": LORA, "learning_rate": 5e-4},
             "tokenizer": path,
             "template": "chatml",
             "describe": "SmolLM2-135M-Instruct (real weights, Q4_1 dequantized to fp32; 30 layers, hidden 576, "
-            "GQA 9/3, 49,152 vocab), full fine-tuning fp32",
+            "GQA 9/3, 49,152 vocab), LoRA r8 on all projections (no dropout), frozen fp32 base",
         }
     if name == "llama2-7b-slice":
         return {
-            "model": {"kind": "config", "config": SLICE, "lora": LORA, "learning_rate": 2e-4},
+            "model": {"kind": "config", "config": SLICE, "lora": LORA, "learning_rate": 5e-4},
             "tokenizer": "llama-2",
             "template": "vicuna_v1.1",
             "describe": "LLaMA-2-7B width (hidden 4096, MLP 11008, 32/32 heads, 32,000 vocab), 1 layer, random "
-            "weights, LoRA r8 on all projections, frozen fp32 base",
+            "weights, LoRA r8 on all projections (no dropout), frozen fp32 base",
         }
     raise ValueError(f"unknown workload {name!r}")
 
@@ -308,6 +308,34 @@ def summary(comps: list[dict]) -> str:
     return "CPU-measured; GPU overhead modelled, not measured. " + "; ".join(parts) + "."
 
 
+def merge(files: list[str], out: Path) -> int:
+    """Runs of single systems made side by side (on a loaded machine) as one results file."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    commits = {r["provenance"]["git_commit"] for r in runs}
+    if len(commits) != 1 or not all(r["provenance"]["git_clean"] for r in runs):
+        sys.exit(
+            f"error: runs from several commits or a dirty tree cannot be merged: {sorted(map(str, commits))}"
+        )
+    result = dict(runs[0])
+    result["results"] = [x for r in runs for x in r["results"]]
+    result["data"] = {k: v for r in runs for k, v in r["data"].items()}
+    result["workloads"] = {k: v for r in runs for k, v in r["workloads"].items()}
+    result["command"] = (
+        "; ".join(r["command"] for r in runs) + f" (merged: --merge, {len(runs)} runs side by side)"
+    )
+    loads = [r["provenance"][k] for r in runs for k in ("load_average_1m_at_start", "load_average_1m_at_end")]
+    result["provenance"] = dict(
+        runs[0]["provenance"], load_average_1m_at_start=min(loads), load_average_1m_at_end=max(loads)
+    )
+    result["comparisons"] = comparisons(result["results"])
+    result["summary"] = summary(result["comparisons"])
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_markdown(result, out.with_suffix(".md"))
+    print("\n".join(table(result["results"], result["comparisons"])))
+    print(result["summary"])
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -337,7 +365,10 @@ def main(argv=None) -> int:
     p.add_argument(
         "--allow-dirty", action="store_true", help="save from a dirty tree, flagged in the results"
     )
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine saved runs (one commit) into --out")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     common.reexec_in_bench_venv(("trl", "fastchat"))
     save = (not args.quick) if args.save is None else args.save
     if save:
