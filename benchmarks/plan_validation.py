@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from llama_sft.plan.measure import RunSpec, shape_dict
@@ -138,6 +138,11 @@ def case_shape(case: Case):
     return load_shape(case.preset).with_layers(case.layers)
 
 
+def unmeasured(case: Case, note: str) -> dict:
+    """The prediction of a row that was not measured, with the reason."""
+    return run_case(replace(case, measurable=False)) | {"note": note, "set": set_of(case.name)}
+
+
 def run_case(case: Case) -> dict:
     shape = case_shape(case)
     spec = RunSpec(
@@ -199,7 +204,13 @@ def run_case(case: Case) -> dict:
             cmd = [sys.executable, "-m", "llama_sft.plan.measure", json.dumps(asdict(spec))]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            row.update(measured_gib=None, error_pct=None, note=f"run failed: {proc.stderr.strip()[-300:]}")
+            row.update(
+                measured_gib=None,
+                error_pct=None,
+                note=f"run failed (exit {proc.returncode}"
+                + (", killed: out of memory?" if proc.returncode == -9 else "")
+                + f"): {proc.stderr.strip()[-300:]}",
+            )
             return row
         if case.zero:
             ranks = [json.loads(Path(f).read_text()) for f in sorted(glob.glob(prefix + ".rank*.json"))]
@@ -466,17 +477,15 @@ def main(argv: list[str] | None = None) -> int:
         stored = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))["rows"]
         carried = {r["name"]: r for r in stored if r.get("measured_gib") is not None}
         cases = [c for c in GRID if c.name in HELD_OUT and c.name not in carried or not c.measurable]
-    rows = []
-    for case in cases:
-        row = run_case(case)
-        if row.get("measured_gib") is not None:
-            row["measured_at"] = (prov["git_commit"] or "")[:7]
-        rows.append(row)
-        err = f"{row['error_pct']:+.1f}%" if row.get("error_pct") is not None else row.get("note", "")
-        print(
-            f"{case.name:26s} predicted {row['predicted_gib']:.3f} GiB  measured {row.get('measured_gib')}  {err}",
-            flush=True,
-        )
+        if args.only:  # measure these held-out rows (in this order); list the others unmeasured
+            order = args.only.split(",")
+            listed = [c for c in GRID if c.name in order and c.name not in carried]
+            cases = sorted(listed, key=lambda c: order.index(c.name)) + [
+                c for c in cases if c.name not in order
+            ]
+    skip = set()
+    if args.held_out and args.only:
+        skip = {c.name for c in cases if c.measurable and c.name not in args.only.split(",")}
     by_case = {c.name: c for c in GRID}
     for name, row in carried.items():  # stored peaks, this commit's predictions
         case = by_case[name]
@@ -491,22 +500,41 @@ def main(argv: list[str] | None = None) -> int:
             set=set_of(name),
         )
         row.setdefault("packed", 0)
-        rows.append(row)
-    order = {c.name: i for i, c in enumerate(GRID)}
-    rows.sort(key=lambda r: order[r["name"]])
-    seeds = seed_rows()
-    prov = common.finish(prov)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {w: error_stats(rows, w) for w in ("fit", "held out")}
-    Path(f"{out}.json").write_text(
-        json.dumps(
-            {"provenance": prov, "errors": summary, "rows": rows, "seed": seeds, "quick": args.quick},
-            indent=1,
+    done: dict[str, dict] = {}
+
+    def save() -> dict:
+        """Written after every row: a run stopped early still leaves what it measured."""
+        pending = "not measured: the run ended before this row"
+        rows = list(carried.values()) + [done.get(c.name) or unmeasured(c, pending) for c in cases]
+        order = {c.name: i for i, c in enumerate(GRID)}
+        rows.sort(key=lambda r: order[r["name"]])
+        seeds = seed_rows()
+        final = common.finish(prov)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        summary = {w: error_stats(rows, w) for w in ("fit", "held out")}
+        body = {"provenance": final, "errors": summary, "rows": rows, "seed": seeds, "quick": args.quick}
+        Path(f"{out}.json").write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+        write_markdown(rows, seeds, Path(f"{out}.md"), args.quick, final)
+        return body
+
+    for case in cases:
+        if case.name in skip:
+            done[case.name] = unmeasured(
+                case, "not measured in this run (time ran out on the shared machine)"
+            )
+            continue
+        row = run_case(case)
+        if row.get("measured_gib") is not None:
+            row["measured_at"] = (prov["git_commit"] or "")[:7]
+        done[case.name] = row
+        err = f"{row['error_pct']:+.1f}%" if row.get("error_pct") is not None else row.get("note", "")
+        print(
+            f"{case.name:26s} predicted {row['predicted_gib']:.3f} GiB  measured {row.get('measured_gib')}  {err}",
+            flush=True,
         )
-        + "\n",
-        encoding="utf-8",
-    )
-    write_markdown(rows, seeds, Path(f"{out}.md"), args.quick, prov)
+        save()
+    body = save()
+    rows, summary = body["rows"], body["errors"]
     for which, st in summary.items():
         print(f"{which}: {json.dumps(st)}")
     measured = [abs(r["error_pct"]) for r in rows if r.get("error_pct") is not None]
