@@ -51,21 +51,21 @@ under ~/.cache/llama-sft/vocab/llama-spm-hf; without it, the tiny test tokenizer
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
 import importlib.util
 import json
 import math
 import os
-import platform
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_VENV = REPO / ".venv-bench"
@@ -80,12 +80,6 @@ GGUF_PLACES = [
     Path("/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp/models"),
 ]
 IGNORE = -100
-BENCH_ENV_HELP = f"""NOTE: fastchat is not importable in {sys.executable}; measuring llama-sft alone.
-To compare with FastChat, make the bench venv once (from {REPO}); this script then re-runs itself there:
-    python3 -m venv .venv-bench
-    .venv-bench/bin/pip install torch==2.13.0
-    .venv-bench/bin/pip install -e . requests gguf
-    .venv-bench/bin/pip install --no-deps fschat==0.2.36"""
 
 
 # --------------------------------------------------------------------------- data
@@ -255,6 +249,13 @@ def fastchat(tokenizer):
     return load, encode, warnings
 
 
+# The floor: the one thing every pipeline must do, a batched tokenizer call on the rendered texts
+# returning ids (transformers' call, as any SFT pipeline makes it). Below it, for reference, the Rust
+# tokenizer alone with no offsets tracked and no Python lists built per token by transformers.
+FLOOR = "floor: tokenizer(texts), ids only"
+RUST_FLOOR = "floor (Rust alone): encode_batch_fast, no offsets"
+
+
 def our_stages(tokenizer, conversations):
     """Our encode split into its stages, each timed alone on the same input: where the time goes."""
     from llama_sft.data.encode import labels_from_offsets, supervised_spans
@@ -265,7 +266,10 @@ def our_stages(tokenizer, conversations):
     texts = [r.text for r in rendered]
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
     pairs = list(zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True))
+    backend = tokenizer.backend_tokenizer
     return {
+        FLOOR: lambda: tokenizer(texts, add_special_tokens=False, return_attention_mask=False),
+        RUST_FLOOR: lambda: backend.encode_batch_fast(texts, add_special_tokens=False),
         "render (template -> text and spans)": lambda: [
             template.render(c.messages, special=special) for c in conversations
         ],
@@ -278,12 +282,7 @@ def our_stages(tokenizer, conversations):
     }
 
 
-def timed(fn, *args):
-    """(output, wall seconds, CPU seconds of this process, all its threads)."""
-    gc.collect()
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn(*args)
-    return out, time.perf_counter() - wall, time.process_time() - cpu
+timed = common.timed
 
 
 def summarize(n: int, samples: list[tuple[float, float]]) -> dict:
@@ -348,47 +347,6 @@ def agreement(records, rows, fc_out, tokenizer, max_length: int) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "tokenizers", "numpy", "fschat", "llama-sft"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-
-    def git(*cmd):
-        try:
-            return subprocess.run(
-                ["git", "-C", str(REPO), *cmd], capture_output=True, text=True, timeout=30
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    return {
-        "cpu": cpu,
-        "cores_visible": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "versions": versions,
-        "git_commit": git("rev-parse", "--short", "HEAD"),
-        # Uncommitted edits to the code measured here (the data pipeline), if any.
-        "local_changes": [
-            line.strip()
-            for line in (git("status", "--porcelain", "--", "src/llama_sft/data") or "").splitlines()
-        ],
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
 def timing_table(result: dict) -> list[str]:
     t, clock = result["timings"], result["clock"]
     rows = [
@@ -405,17 +363,34 @@ def timing_table(result: dict) -> list[str]:
         )
         fc_txt, ratio = (f"{fc_cps:,.0f}", f"{ours_cps / fc_cps:.2f}") if fc_cps else ("n/a", "n/a")
         lines.append(f"| {label} | {ours_cps:,.0f} | {fc_txt} | {ratio} |")
-    floor = t["ours_stages"]["tokenize (one batched call, ids and offsets)"][f"{clock}_conv_per_s"]
-    lines.append(f"| one tokenizer pass and nothing else (a floor) | {floor:,.0f} | | |")
+    for name in (FLOOR, RUST_FLOOR):
+        floor = t["ours_stages"][name][f"{clock}_conv_per_s"]
+        fc_cps = t.get("fastchat", {}).get("file_to_rows", {}).get(f"{clock}_conv_per_s")
+        ours_share = t["ours"]["file_to_rows"][f"{clock}_conv_per_s"] / floor
+        fc_txt = f"{fc_cps / floor:.2f} of it" if fc_cps else "n/a"
+        lines.append(f"| {name} | {floor:,.0f} (ours: {ours_share:.2f} of it) | {fc_txt} | |")
     return lines
+
+
+def floor_summary(result: dict) -> dict:
+    """Our file -> rows time over the floor's (goal: at most 1.15), and FastChat's, per CPU second."""
+    t, key = result["timings"], f"{result['clock']}_median_s"
+    out = {}
+    for name in (FLOOR, RUST_FLOOR):
+        floor = t["ours_stages"][name][key]
+        out[name] = {"ours_time_over_floor": round(t["ours"]["file_to_rows"][key] / floor, 3)}
+        if "fastchat" in t:
+            out[name]["fastchat_time_over_floor"] = round(t["fastchat"]["file_to_rows"][key] / floor, 3)
+    return out
 
 
 def stages_table(result: dict) -> list[str]:
     t, key = result["timings"], f"{result['clock']}_median_s"
     total = t["ours"]["file_to_rows"][key]
     parts = {"load_conversations (read JSON, validate)": t["ours"]["load"][key]}
-    parts |= {k: v[key] for k, v in t["ours_stages"].items()}
-    rest = t["ours"]["encode"][key] - sum(v[key] for v in t["ours_stages"].values())
+    stages = {k: v for k, v in t["ours_stages"].items() if not k.startswith("floor")}
+    parts |= {k: v[key] for k, v in stages.items()}
+    rest = t["ours"]["encode"][key] - sum(v[key] for v in stages.values())
     parts["rest of encode_with_report (Encoded, truncation, report, rows)"] = rest
     lines = ["| our stage | seconds | share |", "|---|---:|---:|"]
     lines += [f"| {k} | {v:.3f} | {v / total:.0%} |" for k, v in parts.items()]
@@ -425,14 +400,10 @@ def stages_table(result: dict) -> list[str]:
 def write_markdown(result: dict, path: Path) -> None:
     m, d = result["machine"], result["data"]
     lines = [
-        "# Preprocessing throughput: llama-sft vs FastChat",
+        "# Preprocessing throughput: llama-sft vs a bare tokenizer pass and FastChat",
         "",
-        f"`python benchmarks/preprocess.py`, {m['date']}: {m['cpu']}, {m['cores_usable']} usable cores "
-        f"(1-minute load average {m['load_average_1m_at_start']} at the start, {m['load_average_1m_at_end']} at the end: the machine is shared), one process, "
-        f"{result['threads']} thread(s) for both (RAYON_NUM_THREADS and torch).",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; commit {m['git_commit']}"
-        + (f" plus uncommitted changes: {', '.join(m['local_changes'])}" if m["local_changes"] else "")
-        + ".",
+        *common.header_lines(m, result["command"]),
+        f"One process, {result['threads']} thread(s) for everything (RAYON_NUM_THREADS and torch).",
         "",
         f"Data: {d['conversations']} generated ShareGPT-like conversations (seed {d['seed']}); rounds "
         f"{d['rounds']}; tokens per conversation p50 {d['tokens_p50']}, p90 {d['tokens_p90']}, "
@@ -524,8 +495,15 @@ def parse_args(argv=None):
         "--save",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write benchmarks/results/preprocess.{json,md} (default: on for full runs, off for --quick); "
-        "a saved run also repeats the timings with every usable core in a fresh process",
+        help="write benchmarks/results/preprocess.{json,md} (default: on for full runs, off for --quick)",
+    )
+    p.add_argument(
+        "--more-threads",
+        action="store_true",
+        help="also repeat the timings with every usable core in a fresh process (wall time: needs idle cores)",
+    )
+    p.add_argument(
+        "--allow-dirty", action="store_true", help="save from a dirty tree, flagged in the results"
     )
     p.add_argument("--json-out", default=None, help="also write the result JSON here")
     p.add_argument(
@@ -536,29 +514,18 @@ def parse_args(argv=None):
 
 def maybe_reexec() -> None:
     """Re-run this script under the bench venv's python when fastchat is missing here."""
-    if importlib.util.find_spec("fastchat") is not None or os.environ.get(REEXEC_FLAG):
-        return
-    python = BENCH_VENV / "bin" / "python"
-    if python.exists():
-        print(f"fastchat is not importable here; re-running under {python}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os.execve(
-            str(python),
-            [str(python), str(Path(__file__).resolve()), *sys.argv[1:]],
-            {**os.environ, REEXEC_FLAG: "1"},
-        )
+    common.reexec_in_bench_venv(("fastchat",))
 
 
 def measure(args, n: int, repeats: int) -> dict:
     import torch
     import transformers
 
-    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # "sequence longer than model_max_length": expected here
     has_fastchat = importlib.util.find_spec("fastchat") is not None
     if not has_fastchat:
-        print(BENCH_ENV_HELP, file=sys.stderr)
+        print(common.bench_venv_help("fastchat") + "\nMeasuring llama-sft alone.", file=sys.stderr)
     tokenizer, tok_desc = load_llama_vocab(args.gguf)
     tokenizer.pad_token = tokenizer.unk_token  # as FastChat's train() does; our labels never look at padding
     tokenizer.model_max_length = args.max_length
@@ -633,11 +600,12 @@ def measure(args, n: int, repeats: int) -> dict:
         "clock": "cpu" if args.threads == 1 else "wall",
         "repeats": repeats,
         "tokenizer": tok_desc,
-        "machine": machine() | {"load_average_1m_at_start": load_at_start},
+        "machine": common.provenance(),
         "data": data,
         "timings": timings,
         "shims": shims,
     }
+    result["floor"] = floor_summary(result)
     if has_fastchat:
         result["agreement"] = agreement(records, rows, outputs["fastchat"], tokenizer, args.max_length)
         result["fastchat_mismatch_warnings"] = mismatch_warnings
@@ -693,10 +661,14 @@ def main(argv=None) -> int:
     n = args.conversations or (800 if args.quick else 4000)
     repeats = args.repeats or (2 if args.quick else 5)
     save = (not args.quick) if args.save is None else args.save
+    if save:
+        common.require_clean(args.allow_dirty)
 
     result = measure(args, n, repeats)
+    result["command"] = "python benchmarks/preprocess.py" + (" --quick" if args.quick else "")
+    result["machine"] = common.finish(result["machine"])
     cores = result["machine"]["cores_usable"] or 1
-    if save and cores > args.threads:
+    if args.more_threads and cores > args.threads:
         result["more_threads"] = [more_threads(args, n, repeats, cores)]
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
@@ -707,6 +679,11 @@ def main(argv=None) -> int:
         print(f"wrote {RESULTS / 'preprocess.json'} and {RESULTS / 'preprocess.md'}", file=sys.stderr)
 
     print("\n".join(timing_table(result)))
+    fl = result["floor"][FLOOR]
+    print(
+        f"our preprocess takes {fl['ours_time_over_floor']:.2f}x the time of a bare tokenizer pass (goal <= 1.15)"
+        + (f"; FastChat's {fl['fastchat_time_over_floor']:.2f}x" if "fastchat_time_over_floor" in fl else "")
+    )
     if "agreement" in result:
         clock, ratio = result["clock"], result["ratio"]
         other = "wall" if clock == "cpu" else "cpu"

@@ -1,354 +1,179 @@
-"""Training throughput on CPU: FastChat's pad-to-max batching, ours (padded, packed) and TRL's packing.
+"""Training throughput on CPU, on real shapes: FastChat, llama-sft (padded, packed) and TRL.
 
-    python benchmarks/throughput.py --quick   # model_max_length 2048 only, < 5 min; last line is the ratios
-    python benchmarks/throughput.py           # 2048 and 4096; writes benchmarks/results/throughput.{json,md}
+    python benchmarks/throughput.py --quick   # real SmolLM2-135M at 2048; last line is the two ratios
+    python benchmarks/throughput.py           # + the LLaMA-2-7B-width slice; writes results/throughput.{json,md}
 
-One run, one machine, the same conversations and the same random LLaMA for every system:
+Workloads (real vocabularies, nothing renumbered):
+  smollm2          the real SmolLM2-135M-Instruct (`llama_sft.model.smollm2.smollm2_dir()`: 30 layers,
+                   hidden 576, GQA 9/3, 49,152-token vocabulary), its own tokenizer, chatml.
+  llama2-7b-slice  LLaMA-2-7B's width (hidden 4096, MLP 11008, 32 heads, 32 KV heads as 7B has no GQA,
+                   32,000-token vocabulary) with 1 decoder layer and random weights, LLaMA-2's real
+                   SentencePiece tokenizer, vicuna_v1.1.
+Both: LoRA r8 on all seven projections (no dropout), frozen fp32 base, lr 5e-4, AdamW. LoRA, not full
+fine-tuning, because 8 jobs share 24 GB here: full fine-tuning of SmolLM2 at 2048 peaked at 6 GB.
+Systems (each in a fresh process; `--systems` picks):
   fastchat      FastChat's batching reproduced with our pipeline: every row padded to model_max_length
-                (`--packing none`), 4 conversations a batch, random order.
-  fastchat_own  FastChat's own data path (full run only): `fastchat.train.train.preprocess` (fschat
-                0.2.36, with the two shims of benchmarks/preprocess.py) and transformers' Trainer.
-  padded        `--packing padded`: 4 conversations a batch, padded to the longest, length-grouped.
-  packed        `--packing packed`: `PackedDataset` rows (best-fit decreasing, up to model_max_length),
-                one row a batch, attention per conversation with `sdpa_packed`.
-  packed_sdpa   the same batches on transformers' plain sdpa (a block-diagonal mask derived from the
-                position ids): how much of `packed` is packing and how much the attention kernel.
-  trl           TRL's SFTTrainer, packing=True (its default bfd strategy, padding-free), one packed
-                row a batch, given our tokenized ids and labels; gradient checkpointing and bf16, which
-                SFTConfig turns on by default, off as for the others.
-All: full fine-tuning in fp32, AdamW, lr 1e-4, one epoch over the same conversations, timed from
-the first step's start to the last step's end (setup excluded). Supervised tokens are counted
-after the causal shift, as the loss sees them: every system trains the same ones.
+                (`--packing none`), random order, 1 conversation a batch.
+  fastchat_own  FastChat's own data path: fschat 0.2.36 `preprocess` (LLaMA tokenizer only: its mask
+                offsets assume SentencePiece) and transformers' Trainer.
+  padded        ours, `--packing padded`: 4 conversations a batch, length-grouped, padded to the longest.
+  packed        ours, `--packing packed`: best-fit-decreasing rows up to model_max_length, `sdpa_packed`.
+  packed_sdpa   the same rows on transformers' plain sdpa (block-diagonal mask from the positions).
+  trl           TRL SFTTrainer, packing=True (bfd, padding-free: its fastest path), its default sdpa.
+  trl_kernel    the same TRL run with the model switched to our `sdpa_packed` kernel.
+TRL's SFTConfig turns on gradient checkpointing and bf16 by default; both are off here, as for everyone.
 
-Timer: on a shared machine wall-clock time measures the neighbours; every system therefore runs
-in a fresh process with one torch thread and is timed in CPU seconds of that process (on an idle
-core the two agree; the wall-clock rate is reported too). Peak memory is the process's resident
-set sampled every 20 ms during training, and its rise over the start of training.
+Method. One warm-up step (not timed), then `--timed-steps` steps timed one by one in CPU seconds of
+the system's process (one torch thread: on a shared machine wall time measures the neighbours). Each
+system's whole epoch is collated once without training to count its supervised tokens (after the
+causal shift), computed tokens (rows x width) and real tokens. The rate is
 
-Data: `sharegpt_mix` of benchmarks/preprocess.py (1-10 rounds, long-tailed log-normal turns),
-tokenized with LLaMA-2's 32k SentencePiece vocabulary when cached (see preprocess.py), else the
-tiny test tokenizer. Token ids are then renumbered to the ones that occur, so the model's
-vocabulary (and LM head) stays small, as the layers of a tiny model are; lengths and labels stay
-LLaMA's. TRL and fschat live in `.venv-bench` (never in the project's dependencies); run from
-the project venv, the script re-runs itself there.
+    supervised tokens/s = (supervised / computed tokens of the epoch) x median(computed tokens per CPU s)
+
+so it is the token-count share (exact, from the whole epoch) times the compute speed (measured). The
+ratio of two systems is therefore the token-count ceiling (how many more useful tokens per computed
+token) times the measured speed ratio; both are printed. A system can beat the ceiling only by
+computing each token faster (shorter attention spans). Every run checks that the gradient norm is
+finite and non-zero at every step and that the loss on the first batch fell after training.
+
+Peers (TRL, fschat) live in `.venv-bench/`, never in the project's dependencies; run from the project
+venv, the script re-runs itself there. Make it once (see benchmarks/common.py):
+    python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.13.0
+    .venv-bench/bin/pip install -e . trl==1.16.0 requests gguf && .venv-bench/bin/pip install --no-deps fschat==0.2.36
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
-REEXEC_FLAG = "LLAMA_SFT_THROUGHPUT_REEXEC"
-IGNORE = -100
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
 SYSTEMS = {
     "fastchat": "FastChat pad-to-max (reproduced: our pipeline, --packing none)",
     "fastchat_own": "FastChat's own data path (fschat preprocess + Trainer)",
-    "padded": "ours --packing padded (length-grouped)",
+    "padded": "ours --packing padded (length-grouped, 4 a batch)",
     "packed": "ours --packing packed (sdpa_packed)",
-    "packed_sdpa": "ours --packing packed on plain sdpa (mask)",
-    "trl": "TRL SFTTrainer packing=True (bfd, padding-free)",
+    "packed_sdpa": "ours --packing packed on plain sdpa",
+    "trl": "TRL SFTTrainer packing=True (bfd, padding-free), sdpa",
+    "trl_kernel": "TRL SFTTrainer packing=True, our sdpa_packed kernel",
 }
-MODEL = dict(
-    hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4
+ATTENTION = {"packed": "sdpa_packed", "trl_kernel": "sdpa_packed"}
+BATCH = {"padded": 4}
+LORA = dict(
+    r=8,
+    lora_alpha=16,
+    lora_dropout=0.0,
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 )
+SLICE = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=1, num_attention_heads=32,
+             num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)  # fmt: skip
+QUICK = {"smollm2": {2048: ["fastchat", "packed", "trl"]}}
+FULL = {
+    "smollm2": {2048: ["fastchat", "packed", "packed_sdpa", "trl", "trl_kernel"]},
+    "llama2-7b-slice": {2048: ["fastchat", "fastchat_own", "packed", "trl"]},
+}
 
-sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+
+def workload(name: str) -> dict:
+    """Model, tokenizer and template of a workload (see the module docstring)."""
+    if name == "smollm2":
+        from llama_sft.model.smollm2 import smollm2_dir
+
+        path = str(smollm2_dir())
+        return {
+            "model": {"kind": "pretrained", "path": path, "lora": LORA, "learning_rate": 5e-4},
+            "tokenizer": path,
+            "template": "chatml",
+            "describe": "SmolLM2-135M-Instruct (real weights, Q4_1 dequantized to fp32; 30 layers, hidden 576, "
+            "GQA 9/3, 49,152 vocab), LoRA r8 on all projections (no dropout), frozen fp32 base",
+        }
+    if name == "llama2-7b-slice":
+        return {
+            "model": {"kind": "config", "config": SLICE, "lora": LORA, "learning_rate": 5e-4},
+            "tokenizer": "llama-2",
+            "template": "vicuna_v1.1",
+            "describe": "LLaMA-2-7B width (hidden 4096, MLP 11008, 32/32 heads, 32,000 vocab), 1 layer, random "
+            "weights, LoRA r8 on all projections (no dropout), frozen fp32 base",
+        }
+    raise ValueError(f"unknown workload {name!r}")
 
 
-# --------------------------------------------------------------------------- data (orchestrator)
+def load_tokenizer(which: str):
+    import preprocess as prep
+    from transformers import AutoTokenizer
+
+    from llama_sft.data.tokenizer import prepare_tokenizer
+
+    if which == "llama-2":
+        tokenizer, desc = prep.load_llama_vocab(None)
+        if "LLaMA-2" not in desc:
+            sys.exit(f"error: the llama2-7b-slice workload needs LLaMA-2's vocabulary; got {desc}")
+        return tokenizer, desc
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(which)), f"SmolLM2's own ({which})"
 
 
-def prepare_data(
-    max_length: int, n: int, seed: int, want_fastchat: bool, work: Path, renumber: bool = True
-) -> dict:
-    """Tokenize once with both pipelines, renumber ids (unless not `renumber`), save for the workers;
-    returns data stats."""
+def prepare_data(name: str, max_length: int, n: int, seed: int, want_fastchat: bool, work: Path) -> dict:
+    """Tokenize once (our pipeline, and fschat's where asked), save for the workers; returns data stats."""
     import preprocess as prep
     import torch
     import transformers
 
+    from llama_sft.data.dataset import encode_with_report
+    from llama_sft.data.issues import ValidationReport
+    from llama_sft.data.templates import get_template
+    from llama_sft.data.validate import load_conversations
+
     transformers.logging.set_verbosity_error()  # "longer than model_max_length": expected, we truncate
-    tokenizer, tok_desc = prep.load_llama_vocab(None)
-    tokenizer.pad_token = tokenizer.unk_token  # as FastChat's train() does
-    tokenizer.model_max_length = max_length
-    tokenizer.padding_side = "right"
-    records = prep.sharegpt_mix(n, seed)
-    path = work / f"sharegpt-{max_length}.json"
-    path.write_text(json.dumps(records))
-    load, encode = prep.ours(tokenizer, max_length)
-    rows, stats = encode(load(path))
-    fc = None
+    w = workload(name)
+    tokenizer, tok_desc = load_tokenizer(w["tokenizer"])
+    tokenizer.model_max_length, tokenizer.padding_side = max_length, "right"
+    path = work / f"{name}-{max_length}.json"
+    path.write_text(json.dumps(prep.sharegpt_mix(n, seed)))
+    conversations = load_conversations(path, "sharegpt", template_name=w["template"])[0]
+    rows, stats = encode_with_report(
+        conversations,
+        get_template(w["template"]),
+        tokenizer,
+        max_length,
+        "train_on_assistant",
+        ValidationReport(),
+    )
+    tok_dir = work / f"tokenizer-{name}"
+    tokenizer.save_pretrained(str(tok_dir))
+    blob = {"rows": rows, "pad": tokenizer.pad_token_id, "tokenizer_dir": str(tok_dir)}
     if want_fastchat:
         fc_load, fc_encode, _ = prep.fastchat(tokenizer)
         fc = fc_encode(fc_load(path))
-    used = {tokenizer.pad_token_id} | {t for r in rows for t in r["input_ids"]}
-    if fc is not None:
-        used |= set(fc["input_ids"].unique().tolist())
-    order = sorted(used) if renumber else list(range(len(tokenizer)))
-    table = torch.full((max(order) + 1,), -1, dtype=torch.long)
-    table[torch.tensor(order)] = torch.arange(len(order))
-
-    def remap(ids):
-        return [int(table[t]) if t != IGNORE else IGNORE for t in ids]
-
-    ours_rows = [
-        {
-            "input_ids": remap(r["input_ids"]),
-            "labels": remap(r["labels"]),
-            "length": r["length"],
-            "sample_index": i,
+        blob["fastchat"] = {k: fc[k] for k in ("input_ids", "labels")} | {
+            "attention_mask": fc["attention_mask"].long()
         }
-        for i, r in enumerate(rows)
-    ]
-    blob = {"rows": ours_rows, "vocab": len(order), "pad": int(table[tokenizer.pad_token_id])}
-    if fc is not None:
-        labels = fc["labels"].clone()
-        labels[labels != IGNORE] = table[labels[labels != IGNORE]]
-        blob["fastchat"] = {
-            "input_ids": table[fc["input_ids"]],
-            "labels": labels,
-            "attention_mask": fc["attention_mask"].long(),
-        }
-    file = work / f"data-{max_length}.pt"
+    file = work / f"data-{name}-{max_length}.pt"
     torch.save(blob, file)
     lengths = sorted(r["length"] for r in rows)
     return {
         "file": str(file),
         "tokenizer": tok_desc,
+        "template": w["template"],
         "conversations": len(rows),
-        "vocab_after_renumbering": len(order),
         "tokens": sum(lengths),
-        "tokens_mean": round(sum(lengths) / len(lengths)),
         "tokens_p50": lengths[len(lengths) // 2],
         "tokens_p90": lengths[int(0.9 * len(lengths))],
         "tokens_max": lengths[-1],
         "truncated": stats.truncated,
-        "supervised_tokens": sum(sum(1 for x in r["labels"][1:] if x != IGNORE) for r in rows),
+        "supervised_tokens": sum(sum(1 for x in r["labels"][1:] if x != -100) for r in rows),
     }
-
-
-# --------------------------------------------------------------------------- one system (worker process)
-
-
-class Counting:
-    """Wraps a collator: per batch, supervised tokens (after the shift), tokens computed and real tokens."""
-
-    def __init__(self, collator, max_length: int):
-        self.collator, self.max_length, self.batches = collator, max_length, []
-
-    def __call__(self, features):
-        batch = self.collator(features)
-        real = 0
-        for f in features:
-            if "attention_mask" in f:
-                real += int(sum(f["attention_mask"]))
-            else:
-                real += min(len(f["input_ids"]), self.max_length)
-        labels = batch["labels"]
-        self.batches.append((int(labels[..., 1:].ne(IGNORE).sum()), batch["input_ids"].numel(), real))
-        return batch
-
-
-def step_timer():
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.start: tuple[float, float] | None = None
-            self.ends: list[tuple[float, float]] = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.start = self.start or (time.process_time(), time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.ends.append((time.process_time(), time.perf_counter()))
-
-    return StepTimer()
-
-
-class PeakRSS:
-    """Resident set size sampled in a thread (a Trainer step allocates and frees far more than it keeps)."""
-
-    def __init__(self, every: float = 0.02):
-        self.every, self.peak, self._stop = every, 0, threading.Event()
-        self.start = self.now()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def now() -> int:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _run(self):
-        while not self._stop.wait(self.every):
-            self.peak = max(self.peak, self.now())
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.now())
-
-
-def training_args(out: str, seed: int, **overrides) -> dict:
-    """TrainingArguments shared by every system: one epoch, AdamW, no logging or saving."""
-    return dict(
-        output_dir=out,
-        num_train_epochs=1,
-        learning_rate=1e-4,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        lr_scheduler_type="constant",
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        use_cpu=True,
-        dataloader_pin_memory=False,
-        seed=seed,
-        bf16=False,
-        gradient_checkpointing=False,
-        remove_unused_columns=False,
-        **overrides,
-    )
-
-
-def build_trainer(system: str, model, blob: dict, max_length: int, common: dict, batch: int | None = None):
-    """The Trainer each system trains with; `batch` is conversations (fastchat*, padded) or packed rows."""
-    import datasets
-    from transformers import Trainer, TrainingArguments, default_data_collator
-
-    from llama_sft.train.collator import PaddingCollator
-    from llama_sft.train.packing import PackedCollator, PackedDataset
-    from llama_sft.train.trainer import SFTTrainer
-
-    rows, pad = blob["rows"], blob["pad"]
-    if system == "trl":
-        from trl import SFTConfig
-        from trl import SFTTrainer as TRLTrainer
-
-        from llama_sft.tiny import build_tokenizer
-
-        tokenizer = build_tokenizer()  # TRL wants a processing class; only its pad id is used: make it ours
-        tokenizer.pad_token_id = pad
-        data = datasets.Dataset.from_list(
-            [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
-        )
-        args = SFTConfig(
-            **{**common, "remove_unused_columns": True},
-            per_device_train_batch_size=batch or 1,
-            packing=True,
-            max_length=max_length,
-        )
-        return TRLTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    if system == "fastchat_own":
-        fc = blob["fastchat"]
-        data = [
-            {k: fc[k][i] for k in ("input_ids", "labels", "attention_mask")}
-            for i in range(len(fc["input_ids"]))
-        ]
-        args = TrainingArguments(**common, per_device_train_batch_size=batch or 4)
-        return Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
-    if system == "fastchat":
-        data, collator, default, sampling = rows, PaddingCollator(pad, max_length=max_length), 4, "random"
-    elif system == "padded":
-        data, collator, default, sampling = (
-            datasets.Dataset.from_list(rows),
-            PaddingCollator(pad),
-            4,
-            "group_by_length",
-        )
-    else:
-        data, collator, default, sampling = (
-            PackedDataset(rows, max_length),
-            PackedCollator(pad, max_length),
-            1,
-            "random",
-        )
-    args = TrainingArguments(
-        **common, per_device_train_batch_size=batch or default, train_sampling_strategy=sampling
-    )
-    return SFTTrainer(model=model, args=args, train_dataset=data, data_collator=collator)
-
-
-def worker(spec: dict) -> dict:
-    import torch
-    import transformers
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from llama_sft.train.packing import register_packed_attention
-
-    torch.set_num_threads(spec["threads"])
-    transformers.logging.set_verbosity_error()
-    blob = torch.load(spec["data"])
-    system, max_length = spec["system"], spec["max_length"]
-    register_packed_attention()
-    torch.manual_seed(spec["seed"])
-    config = LlamaConfig(
-        vocab_size=blob["vocab"],
-        max_position_embeddings=max_length,
-        pad_token_id=blob["pad"],
-        bos_token_id=None,
-        eos_token_id=None,
-        use_cache=False,
-        **spec["model"],
-    )
-    config._attn_implementation = "sdpa_packed" if system == "packed" else "sdpa"
-    model = LlamaForCausalLM(config)
-    if spec.get("conversations"):
-        blob["rows"] = blob["rows"][: spec["conversations"]]
-    trainer = build_trainer(system, model, blob, max_length, training_args(spec["out"], spec["seed"]))
-    counter = Counting(trainer.data_collator, max_length)
-    trainer.data_collator = counter
-    timer = step_timer()
-    trainer.add_callback(timer)
-    with PeakRSS() as rss:
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        trainer.train()
-        cpu1, wall1 = time.process_time(), time.perf_counter()
-    steps = len(timer.ends)
-    timed = counter.batches[:steps]  # one batch a step (the loader may have fetched one more)
-    cpu = timer.ends[-1][0] - timer.start[0]
-    wall = timer.ends[-1][1] - timer.start[1]
-    supervised, tokens, real = (sum(b[i] for b in timed) for i in range(3))
-    return {
-        "system": system,
-        "max_length": max_length,
-        "steps": steps,
-        "tokens_per_step": round(tokens / steps),
-        "supervised_tokens": supervised,
-        "tokens_computed": tokens,
-        "real_tokens": real,
-        "padding_share": round(1 - real / tokens, 4),
-        "supervised_tokens_per_cpu_s": round(supervised / cpu, 1),
-        "supervised_tokens_per_wall_s": round(supervised / wall, 1),
-        "cpu_s": round(cpu, 2),
-        "wall_s": round(wall, 2),
-        "train_cpu_s_total": round(cpu1 - cpu0, 2),
-        "train_wall_s_total": round(wall1 - wall0, 2),
-        "peak_rss_mb": round(rss.peak / 2**20),
-        "peak_rise_mb": round((rss.peak - rss.start) / 2**20),
-        "attention": model.config._attn_implementation,
-    }
-
-
-# --------------------------------------------------------------------------- orchestration and report
 
 
 def run_worker(spec: dict) -> dict:
@@ -356,172 +181,159 @@ def run_worker(spec: dict) -> dict:
         **os.environ,
         "OMP_NUM_THREADS": str(spec["threads"]),
         "MKL_NUM_THREADS": str(spec["threads"]),
+        "RAYON_NUM_THREADS": str(spec["threads"]),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
-        REEXEC_FLAG: "1",
     }
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    cmd = [sys.executable, str(Path(__file__).with_name("throughput_worker.py")), json.dumps(spec)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{spec['system']} at {spec['max_length']} failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(
+            f"{spec['system']} on {spec['workload']} at {spec['max_length']} failed:\n{done.stderr[-4000:]}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def available(system: str) -> str | None:
+def available(system: str, workload_name: str) -> str | None:
     """Why a system cannot run here, or None."""
-    module = {"trl": "trl", "fastchat_own": "fastchat"}.get(system)
+    import importlib.util
+
+    module = "trl" if system.startswith("trl") else "fastchat" if system == "fastchat_own" else None
     if module and importlib.util.find_spec(module) is None:
         return f"{module} not installed (it lives in .venv-bench)"
+    if system == "fastchat_own" and workload(workload_name)["tokenizer"] != "llama-2":
+        return "fschat's preprocess assumes LLaMA's SentencePiece offsets"
     return None
 
 
-def table(results: list[dict], lengths: list[int]) -> list[str]:
-    lines = [
-        "| model_max_length | system | supervised tok/s (CPU s) | vs FastChat | supervised tok/s (wall) | padding "
-        "| peak RSS MB (rise) | steps x tokens |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for length in lengths:
-        at = {r["system"]: r for r in results if r["max_length"] == length}
-        base = at.get("fastchat", {}).get("supervised_tokens_per_cpu_s")
-        for system, label in SYSTEMS.items():
-            r = at.get(system)
-            if r is None:
+def comparisons(results: list[dict]) -> list[dict]:
+    """Every system against FastChat and TRL: measured ratio, token-count ceiling, speed ratio."""
+    out = []
+    keys = sorted({(r["workload"], r["max_length"]) for r in results}, key=str)
+    for wl, length in keys:
+        at = {
+            r["system"]: r
+            for r in results
+            if (r["workload"], r["max_length"]) == (wl, length) and "skipped" not in r
+        }
+        for base in ("fastchat", "trl"):
+            if base not in at:
                 continue
-            if "skipped" in r:
-                lines.append(f"| {length} | {label} | skipped: {r['skipped']} | | | | | |")
-                continue
-            ratio = f"{r['supervised_tokens_per_cpu_s'] / base:.2f}x" if base else "n/a"
-            lines.append(
-                f"| {length} | {label} | {r['supervised_tokens_per_cpu_s']:,.0f} | {ratio} | "
-                f"{r['supervised_tokens_per_wall_s']:,.0f} | {100 * r['padding_share']:.1f}% | "
-                f"{r['peak_rss_mb']:,} ({r['peak_rise_mb']:,}) | {r['steps']} x {r['tokens_per_step']:,} |"
-            )
-    return lines
-
-
-def ratios(results: list[dict], length: int) -> dict:
-    at = {r["system"]: r.get("supervised_tokens_per_cpu_s") for r in results if r["max_length"] == length}
-    out = {}
-    for name in ("fastchat", "trl", "padded", "packed_sdpa", "fastchat_own"):
-        if at.get("packed") and at.get(name):
-            out[f"packed_vs_{name}"] = round(at["packed"] / at[name], 3)
+            b = at[base]
+            for name, r in at.items():
+                if name == base:
+                    continue
+                out.append({
+                    "workload": wl, "max_length": length, "system": name, "vs": base,
+                    "measured": round(r["supervised_tokens_per_cpu_s"] / b["supervised_tokens_per_cpu_s"], 3),
+                    "ceiling": round(r["supervised_share_of_computed"] / b["supervised_share_of_computed"], 3),
+                    "ceiling_tokens": f"{b['epoch']['computed']:,}/{r['epoch']['computed']:,}",
+                    "speed": round(r["computed_tokens_per_cpu_s_median"] / b["computed_tokens_per_cpu_s_median"], 3),
+                })  # fmt: skip
     return out
 
 
-def write_markdown(result: dict, path: Path) -> None:
-    m, lengths = result["machine"], result["lengths"]
-    r2048 = result["ratios"].get(str(lengths[0]), {})
-    data_lines = [
-        f"- {length}: {d['conversations']} conversations, {d['tokens']:,} tokens (mean {d['tokens_mean']}, "
-        f"p50 {d['tokens_p50']}, p90 {d['tokens_p90']}, max {d['tokens_max']}), {d['truncated']} truncated, "
-        f"{d['supervised_tokens']:,} supervised"
-        for length, d in result["data"].items()
-    ]
+def table(results: list[dict], comps: list[dict]) -> list[str]:
     lines = [
-        "# Training throughput on CPU: FastChat, llama-sft, TRL",
+        "| workload | max_length | system | supervised/computed | computed tok/CPU-s (median) | supervised tok/CPU-s "
+        "| vs FastChat: measured (ceiling) | vs TRL: measured (ceiling) | peak RSS MB | timed steps x CPU s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    ratio = {(c["workload"], c["max_length"], c["system"], c["vs"]): c for c in comps}
+    for r in results:
+        if "skipped" in r:
+            lines.append(
+                f"| {r['workload']} | {r['max_length']} | {SYSTEMS[r['system']]} | skipped: {r['skipped']} |||||||"
+            )
+            continue
+
+        def vs(base, r=r):
+            c = ratio.get((r["workload"], r["max_length"], r["system"], base))
+            return f"{c['measured']:.2f}x ({c['ceiling']:.2f}x = {c['ceiling_tokens']})" if c else ""
+
+        steps = ", ".join(f"{s['cpu_s']:.0f}" for s in r["timed_steps"])
+        lines.append(
+            f"| {r['workload']} | {r['max_length']} | {SYSTEMS[r['system']]} | {100 * r['supervised_share_of_computed']:.1f}% "
+            f"| {r['computed_tokens_per_cpu_s_median']:,.0f} | {r['supervised_tokens_per_cpu_s']:,.0f} | {vs('fastchat')} "
+            f"| {vs('trl')} | {r['peak_rss_mb']:,} | {len(r['timed_steps'])} x [{steps}] |"
+        )
+    return lines
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    prov = result["provenance"]
+    lines = [
+        "# Training throughput on real shapes (CPU-measured; GPU overhead modelled, not measured)",
         "",
-        f"`python benchmarks/throughput.py{' --quick' if result['quick'] else ''}`, {m['date']}: {m['cpu']}, "
-        f"{m['cores_usable']} usable cores (load average {m['load_average_1m_at_start']} at the start, "
-        f"{m['load_average_1m_at_end']} at the end: the machine is shared), "
-        f"{result['threads']} torch thread(s), each system in a fresh process, timed in CPU seconds (see the script's docstring).",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items() if v)}; commit {m['git_commit']}"
-        + (" plus local changes under src/" if m["local_changes_under_src"] else "")
-        + ".",
+        *common.header_lines(prov, result["command"]),
+        f"Each system in a fresh process with {result['threads']} torch thread(s), {result['jobs']} process(es) at a time; one warm-up step, then "
+        f"{result['timed_steps']} timed steps; rates per CPU second of the process (see the script's docstring).",
         "",
-        f"Model: random LLaMA, {json.dumps(result['model'])}, vocabulary renumbered to the ids in use; fp32, full "
-        "fine-tuning, AdamW, one epoch over the same conversations for every system.",
-        f"Data: `sharegpt_mix` (seed {result['seed']}), tokenizer: {next(iter(result['data'].values()))['tokenizer']}.",
-        *data_lines,
+        "Workloads:",
+        *[f"- `{k}`: {v}" for k, v in result["workloads"].items()],
         "",
-        *table(result["results"], lengths),
+        "Data (`sharegpt_mix` of benchmarks/preprocess.py, seed "
+        f"{result['seed']}, {result['conversations']} conversations):",
+        *[
+            f"- {key}: tokenizer {d['tokenizer']}, template {d['template']}; {d['tokens']:,} tokens (p50 {d['tokens_p50']}, "
+            f"p90 {d['tokens_p90']}, max {d['tokens_max']}), {d['truncated']} truncated, {d['supervised_tokens']:,} supervised"
+            for key, d in result["data"].items()
+        ],
+        "",
+        *table(result["results"], result["comparisons"]),
+        "",
+        "How to read it: *supervised/computed* is the share of the tokens a system computes that the loss trains "
+        "on, counted over its whole epoch. The *ceiling* of a ratio is the ratio of those shares (for the same "
+        "supervised tokens: computed tokens of the peer / computed tokens of the system); the *measured* ratio is "
+        "the ceiling times the ratio of computed tokens per CPU second. Every run asserted a finite, non-zero "
+        "gradient norm at each step and a lower loss on its first batch after training (throughput.json).",
         "",
         "## Summary",
         "",
         result["summary"],
-        "",
-        f"Ratios of `packed` at {lengths[0]}: {json.dumps(r2048)}.",
     ]
-    if len(lengths) > 1:
-        lines.append(f"At {lengths[1]}: {json.dumps(result['ratios'].get(str(lengths[1]), {}))}.")
-    lines += [
-        "",
-        "Reading the table: *padding* is the share of computed tokens that are padding; a packed batch is one row as",
-        "long as its pack (no padding to model_max_length). *steps x tokens* is optimizer steps x tokens computed per",
-        "step. Rates are per CPU second of the system's own process (one torch thread); the wall-clock column also",
-        "measures the neighbours on this shared machine. Peak RSS is the whole process; the rise is over the start of",
-        "training. Every system trains the same supervised tokens (see throughput.json).",
-    ]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def summary(result: dict) -> str:
-    """The paragraph the README quotes: ratios of `packed` at each length, and where they come from."""
+def summary(comps: list[dict]) -> str:
+    parts = []
+    for c in comps:
+        if c["system"] in ("packed", "trl_kernel", "fastchat_own") or (
+            c["system"] == "packed_sdpa" and c["vs"] == "trl"
+        ):
+            parts.append(
+                f"{c['workload']} @ {c['max_length']}: {c['system']} vs {c['vs']} {c['measured']:.2f}x measured, "
+                f"token-count ceiling {c['ceiling']:.2f}x ({c['ceiling_tokens']}), compute speed {c['speed']:.2f}x"
+            )
+    return "CPU-measured; GPU overhead modelled, not measured. " + "; ".join(parts) + "."
 
-    def rate(at, name):
-        return at[name]["supervised_tokens_per_cpu_s"]
 
-    lengths, by_length = result["lengths"], {}
-    for length in lengths:
-        at = {r["system"]: r for r in result["results"] if r["max_length"] == length and "skipped" not in r}
-        if {"packed", "fastchat"} <= at.keys():
-            by_length[length] = at
-    if not by_length:
-        return ""
-    first, *rest = by_length
-    at, d = by_length[first], result["data"][str(first)]
-
-    def also(name, fmt):
-        more = [
-            fmt.format(rate(by_length[n], "packed") / rate(by_length[n], name), n)
-            for n in rest
-            if name in by_length[n]
-        ]
-        return f" ({', '.join(more)})" if more else ""
-
-    p, f = at["packed"], at["fastchat"]
-    fill = p["real_tokens"] / (p["steps"] * first)
-    text = (
-        f"On CPU, with a {result['model']['num_hidden_layers']}-layer random LLaMA (d {result['model']['hidden_size']}) "
-        f"and ShareGPT-like conversations (p50 {d['tokens_p50']} tokens, p90 {d['tokens_p90']}), `--packing packed` "
-        f"trains {rate(at, 'packed') / rate(at, 'fastchat'):.1f}x the supervised tokens per second of FastChat's "
-        f"pad-to-max batching at model_max_length {first}" + also("fastchat", "{:.1f}x at {}")
+def merge(files: list[str], out: Path) -> int:
+    """Runs of single systems made side by side (on a loaded machine) as one results file."""
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    commits = {r["provenance"]["git_commit"] for r in runs}
+    if len(commits) != 1 or not all(r["provenance"]["git_clean"] for r in runs):
+        sys.exit(
+            f"error: runs from several commits or a dirty tree cannot be merged: {sorted(map(str, commits))}"
+        )
+    result = dict(runs[0])
+    result["results"] = [x for r in runs for x in r["results"]]
+    result["data"] = {k: v for r in runs for k, v in r["data"].items()}
+    result["workloads"] = {k: v for r in runs for k, v in r["workloads"].items()}
+    result["command"] = (
+        "; ".join(r["command"] for r in runs) + f" (merged: --merge, {len(runs)} runs side by side)"
     )
-    if "padded" in at:
-        text += f", {rate(at, 'packed') / rate(at, 'padded'):.2f}x our `padded` mode" + also(
-            "padded", "{:.2f}x at {}"
-        )
-    if "trl" in at:
-        text += f" and {rate(at, 'packed') / rate(at, 'trl'):.2f}x TRL's SFTTrainer packing" + also(
-            "trl", "{:.2f}x at {}"
-        )
-    text += (
-        ", on the same supervised tokens with the same losses and gradients (tests/train/test_equivalence.py). "
-        f"FastChat computes {100 * f['padding_share']:.0f}% padding at {first}"
-        + f"; packed rows carry none and are filled to {100 * fill:.0f}% of model_max_length by best-fit decreasing."
+    loads = [r["provenance"][k] for r in runs for k in ("load_average_1m_at_start", "load_average_1m_at_end")]
+    result["provenance"] = dict(
+        runs[0]["provenance"], load_average_1m_at_start=min(loads), load_average_1m_at_end=max(loads)
     )
-    if {"packed_sdpa", "trl"} <= at.keys():
-        text += (
-            f" The lead over TRL is the attention kernel: on plain sdpa the same packed batches run at "
-            f"{rate(at, 'packed_sdpa') / rate(at, 'trl'):.2f}x TRL, and `sdpa_packed` attends within each conversation "
-            "instead of masking a whole row. With flash-attention on a GPU both use varlen kernels, so expect parity "
-            "with TRL there (benchmarks/gpu_throughput.py measures it)."
-        )
-    if "fastchat_own" in at:
-        text += (
-            f" FastChat's own data path (fschat's preprocess) runs at {rate(at, 'fastchat_own') / rate(at, 'fastchat'):.2f}x "
-            "our reproduction of its batching, on the same supervised token count."
-        )
-    return text
+    result["comparisons"] = comparisons(result["results"])
+    result["summary"] = summary(result["comparisons"])
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_markdown(result, out.with_suffix(".md"))
+    print("\n".join(table(result["results"], result["comparisons"])))
+    print(result["summary"])
+    return 0
 
 
 def main(argv=None) -> int:
@@ -531,117 +343,135 @@ def main(argv=None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="2048 only, 24 conversations, systems fastchat, packed and trl (< 5 min)",
+        help="SmolLM2 at 2048, fastchat/packed/trl, 2 timed steps (< 6 min idle)",
     )
     p.add_argument(
-        "--lengths", type=int, nargs="+", help="model_max_length values (default 2048 4096; quick 2048)"
+        "--workloads", nargs="+", choices=["smollm2", "llama2-7b-slice"], help="default: per --quick"
     )
-    p.add_argument("--conversations", type=int, help="conversations per length (default 64; quick 24)")
+    p.add_argument("--lengths", type=int, nargs="+", help="model_max_length values (default 2048)")
     p.add_argument(
-        "--systems", nargs="+", choices=list(SYSTEMS), help="default: all (quick: fastchat packed trl)"
+        "--systems", nargs="+", choices=list(SYSTEMS), help="default: per workload (see FULL/QUICK)"
     )
+    p.add_argument("--conversations", type=int, help="conversations per workload (default 64; quick 24)")
+    p.add_argument("--timed-steps", type=int, default=2, help="timed steps per system after 1 warm-up step")
     p.add_argument("--threads", type=int, default=1, help="torch threads per system process")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--save",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="write benchmarks/results/throughput.{json,md} (default: full run yes, --quick no)",
+        "--jobs", type=int, default=1, help="system processes at once (each timed in its own CPU s)"
     )
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=None,
+                   help="write benchmarks/results/throughput.{json,md} (default: full run yes, --quick no)")  # fmt: skip
+    p.add_argument("--out", default=str(common.RESULTS / "throughput"), help="results path without suffix")
+    p.add_argument(
+        "--allow-dirty", action="store_true", help="save from a dirty tree, flagged in the results"
+    )
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine saved runs (one commit) into --out")
     args = p.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return 0
-    if (
-        (available("trl") or available("fastchat_own"))
-        and BENCH_PYTHON.exists()
-        and not os.environ.get(REEXEC_FLAG)
-    ):
-        print(
-            f"trl/fastchat are not importable here; re-running under {BENCH_PYTHON}",
-            file=sys.stderr,
-            flush=True,
-        )
-        os.execve(
-            str(BENCH_PYTHON),
-            [str(BENCH_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]],
-            {**os.environ, REEXEC_FLAG: "1"},
-        )
+    if args.merge:
+        return merge(args.merge, Path(args.out))
+    common.reexec_in_bench_venv(("trl", "fastchat"))
+    save = (not args.quick) if args.save is None else args.save
+    if save:
+        common.require_clean(args.allow_dirty)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    plan = QUICK if args.quick else FULL
+    if args.workloads:
+        plan = {w: plan.get(w) or FULL[w] for w in args.workloads}
+    if args.lengths:
+        plan = {w: {n: next(iter(by.values())) for n in args.lengths} for w, by in plan.items()}
+    if args.systems:
+        plan = {w: {n: args.systems for n in by} for w, by in plan.items()}
+    n = args.conversations or (24 if args.quick else 64)
     work = Path(tempfile.mkdtemp(prefix="llama-sft-throughput-"))
     try:
-        return run_all(args, work)
+        return run_all(args, plan, n, save, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_all(args, work: Path) -> int:
-    import preprocess as prep
+def run_all(args, plan: dict, n: int, save: bool, work: Path) -> int:
+    prov, started = common.provenance(), time.perf_counter()
+    specs, data = [], {}
+    for wl, by_length in plan.items():
+        for length, systems in by_length.items():
+            key = f"{wl}@{length}"
+            want_fc = "fastchat_own" in systems and not available("fastchat_own", wl)
+            data[key] = prepare_data(wl, length, n, args.seed, want_fc, work)
+            for system in systems:
+                why = available(system, wl)
+                if why:
+                    specs.append({"system": system, "workload": wl, "max_length": length, "skipped": why})
+                    continue
+                specs.append({
+                    "system": system, "workload": wl, "max_length": length, "data": data[key]["file"],
+                    "model": workload(wl)["model"], "attention": ATTENTION.get(system, "sdpa"),
+                    "batch": BATCH.get(system, 1), "timed_steps": args.timed_steps, "threads": args.threads,
+                    "seed": args.seed, "out": str(work / f"{system}-{key}"),
+                })  # fmt: skip
 
-    lengths = args.lengths or ([2048] if args.quick else [2048, 4096])
-    n = args.conversations or (24 if args.quick else 64)
-    systems = args.systems or (["fastchat", "packed", "trl"] if args.quick else list(SYSTEMS))
-    save = (not args.quick) if args.save is None else args.save
-    started, load_at_start = time.perf_counter(), round(os.getloadavg()[0], 2)
-    results, data = [], {}
-    for length in lengths:
-        data[str(length)] = prepare_data(
-            length, n, args.seed, "fastchat_own" in systems and not available("fastchat_own"), work
-        )
-        for system in systems:
-            why = available(system)
-            if why:
-                results.append({"system": system, "max_length": length, "skipped": why})
-                print(f"[{length}] {system}: skipped ({why})", file=sys.stderr, flush=True)
-                continue
-            spec = {
-                "system": system,
-                "max_length": length,
-                "data": data[str(length)]["file"],
-                "threads": args.threads,
-                "seed": args.seed,
-                "model": MODEL,
-                "out": str(work / f"{system}-{length}"),
-            }
+    def one(spec: dict) -> dict:
+        key = f"{spec['workload']}@{spec['max_length']}"
+        if "skipped" in spec:
+            print(f"[{key}] {spec['system']}: skipped ({spec['skipped']})", file=sys.stderr, flush=True)
+            return spec
+        try:
             r = run_worker(spec)
-            results.append(r)
-            print(
-                f"[{length}] {system:12s} {r['supervised_tokens_per_cpu_s']:9,.0f} supervised tok/s (CPU), "
-                f"{r['supervised_tokens_per_wall_s']:9,.0f} (wall), padding {100 * r['padding_share']:5.1f}%, "
-                f"peak {r['peak_rss_mb']} MB, {r['steps']} steps  [{time.perf_counter() - started:.0f}s]",
-                file=sys.stderr,
-                flush=True,
-            )
+        except RuntimeError as exc:  # one broken system must not lose the others' measurements
+            print(f"[{key}] {spec['system']}: FAILED\n{exc}", file=sys.stderr, flush=True)
+            return {k: spec[k] for k in ("system", "workload", "max_length")} | {
+                "skipped": f"failed: {str(exc)[-300:]}"
+            }
+        print(
+            f"[{key}] {spec['system']:12s} {r['supervised_tokens_per_cpu_s']:8,.1f} supervised tok/CPU-s "
+            f"({100 * r['supervised_share_of_computed']:.1f}% of {r['computed_tokens_per_cpu_s_median']:,.0f} "
+            f"computed), loss {r['loss_first_batch']}, peak {r['peak_rss_mb']} MB "
+            f"[{time.perf_counter() - started:.0f}s]",
+            file=sys.stderr,
+            flush=True,
+        )
+        return r
+
+    # Several systems at once only shares the cores: rates are per CPU second of each process.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(one, specs))
+    comps = comparisons(results)
     result = {
+        "command": "python " + " ".join(["benchmarks/throughput.py", *sys.argv[1:]]),
+        "provenance": common.finish(prov),
         "quick": args.quick,
         "threads": args.threads,
+        "jobs": args.jobs,
+        "timed_steps": args.timed_steps,
         "seed": args.seed,
-        "model": MODEL,
-        "lengths": lengths,
-        "systems": {s: SYSTEMS[s] for s in systems},
+        "conversations": n,
+        "workloads": {wl: workload(wl)["describe"] for wl in plan},
         "data": data,
         "results": results,
-        "ratios": {str(length): ratios(results, length) for length in lengths},
-        "machine": prep.machine(),
+        "comparisons": comps,
+        "summary": summary(comps),
         "elapsed_s": round(time.perf_counter() - started),
     }
-    result["machine"]["load_average_1m_at_start"] = load_at_start
-    result["machine"]["versions"]["trl"] = package_version("trl")
-    result["summary"] = summary(result)
     if save:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        write_markdown(result, RESULTS / "throughput.md")
-        print(f"wrote {RESULTS / 'throughput.json'} and {RESULTS / 'throughput.md'}", file=sys.stderr)
-    print("\n".join(table(results, lengths)))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        write_markdown(result, out.with_suffix(".md"))
+        print(f"wrote {out}.json and .md", file=sys.stderr)
+    print("\n".join(table(results, comps)))
     print(result["summary"])
-    r = result["ratios"][str(lengths[0])]
-    fmt = lambda key: f"{r[key]:.2f}" if key in r else "n/a"  # noqa: E731
     print(
-        f"supervised tokens/s ratio: vs FastChat {fmt('packed_vs_fastchat')}, vs TRL {fmt('packed_vs_trl')}"
+        f"elapsed {result['elapsed_s']} s, load average {prov['load_average_1m_at_start']} -> {common.load_average()}"
     )
+    first = next(iter(plan))
+    length = next(iter(plan[first]))
+    c = {
+        x["vs"]: x
+        for x in comps
+        if (x["workload"], x["max_length"], x["system"]) == (first, length, "packed")
+    }
+    fmt = lambda base: f"{c[base]['measured']:.2f}" if base in c else "n/a"  # noqa: E731
+    print(f"supervised tokens/s ratio: vs FastChat {fmt('fastchat')}, vs TRL {fmt('trl')}")
     return 0
 
 

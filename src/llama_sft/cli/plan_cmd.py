@@ -51,9 +51,10 @@ def register(subparsers) -> None:
         "--packing",
         choices=["none", "padded", "packed"],
         default="padded",
-        help="batching; rows are planned at --seq-len tokens either way. With sdpa, padding and "
-        "packing put a mask on attention (a bias per layer, GQA heads repeated); "
-        "flash_attention_2 needs none",
+        help="batching; rows are planned at --seq-len tokens either way. none/padded: with sdpa or eager "
+        "a padding mask reaches attention (a bias per layer, GQA heads repeated). packed: with sdpa, "
+        "training switches to sdpa_packed (attention per conversation, no mask); eager gets a "
+        "block-diagonal mask. flash_attention_2 never needs a mask",
     )
     p.add_argument(
         "--attn",
@@ -123,6 +124,13 @@ def _hardware(args) -> tuple[int, float, str]:
     return gpus, memory, name
 
 
+def packing_attention(packing: str, attn: str) -> dict:
+    """The attention kernel and mask a run with this packing gets, as `llama-sft train` sets them up."""
+    if packing == "packed" and attn == "sdpa":
+        return {"attn": "sdpa_packed", "attention_mask": False}  # train/run.py: use_packed_attention
+    return {"attn": attn, "attention_mask": attn != "flash_attention_2"}
+
+
 def cmd_plan(args) -> int:
     from rich.console import Console
 
@@ -148,8 +156,7 @@ def cmd_plan(args) -> int:
             lora_r=args.lora_r,
             lora_targets=targets,
             precision=args.precision,
-            attn=args.attn,
-            attention_mask=args.attn != "flash_attention_2",
+            **packing_attention(args.packing, args.attn),
             grads_resident=not args.no_grad_accum,
             loss_impl=args.loss_impl,
             activation_offloading=args.activation_offloading,
@@ -188,7 +195,7 @@ def _plan(console, shape, base, memory, methods, where, args, limits) -> int:
         return 0
     header = (
         f"{shape.name}: {shape.total_params / 1e9:.2f}B params, {where}, seq-len {base.seq_len}, "
-        f"peak GiB per GPU"
+        f"attention {base.attn}{'' if base.attention_mask else ' (no mask)'}, peak GiB per GPU"
     )
     render_rows(console, shape, rows, header, args.all)
     if top is None:

@@ -154,8 +154,10 @@ def encode_conversations(
         )
         all_ids, all_offsets = enc["input_ids"], enc["offset_mapping"]
     out = []
+    bos = tokenizer.bos_token_id  # once: the attribute goes through a vocabulary lookup every time
     for r, ids, offsets in zip(rendered, all_ids, all_offsets, strict=True):
-        check_bos(ids, tokenizer, r.text)
+        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            check_bos(ids, tokenizer, r.text)
         labels, straddle = labels_from_offsets(
             ids, offsets, supervised_spans(r, strategy, train_on_reasoning)
         )

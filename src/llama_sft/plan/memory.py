@@ -77,7 +77,9 @@ GIB = 1024**3
 METHODS = ("full", "lora", "qlora")
 SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp")
 OFFLOADS = ("none", "optimizer", "params")
-ATTENTION = ("sdpa", "flash_attention_2", "eager")
+# sdpa_packed: llama-sft's per-conversation SDPA for packed rows (train/packing.py): no mask, GQA heads
+# repeated, each conversation's q/k/v slices saved by its own SDPA call.
+ATTENTION = ("sdpa", "flash_attention_2", "eager", "sdpa_packed")
 LOSS_IMPLS = ("chunked", "plain", "liger")
 # train/loss.py's chunking, repeated here because plan/ sits below train/ (tests/plan checks they agree)
 LOSS_CHUNK_ELEMENTS = 2**24
@@ -214,7 +216,7 @@ def layer_saved(shape: ModelShape, s: Setting) -> float:
             return 2 * d_in * (len(names) if res == 4 else 1)
         return sum(lora(n, d_in) for n in names)
 
-    repeat = s.attn == "eager" or (s.attention_mask and s.attn == "sdpa")
+    repeat = s.attn in ("eager", "sdpa_packed") or (s.attention_mask and s.attn == "sdpa")
     kv_saved = q if repeat else kv
     total = 2 * norm()
     total += proj_inputs(("q_proj", "k_proj", "v_proj"), h)
@@ -224,6 +226,8 @@ def layer_saved(shape: ModelShape, s: Setting) -> float:
         total += 2 * q + 4 * kv_saved + 2 * q + 4 * heads
         if s.attention_mask and s.attn == "sdpa":
             total += 2 * s.seq_len  # bool mask -> bf16 bias kept by each layer
+        if s.attn == "sdpa_packed" and full:  # o_proj's input is the concatenated copy, not SDPA's output
+            total += 2 * q
     total += 0 if full else proj_inputs(("o_proj",), q)
     total += proj_inputs(("gate_proj", "up_proj"), h)
     total += mlp * i * 3  # silu input, silu output, up output
@@ -367,7 +371,8 @@ def estimate(shape: ModelShape, s: Setting) -> Breakdown:
     copies_all, copies_layer = _working_copies(shape, s)
     res = _residual_bytes(s)
     per_layer = layer_saved(shape, s) * t
-    mask = s.micro_batch_size * s.seq_len**2 if (s.attention_mask and s.attn != "flash_attention_2") else 0
+    has_mask = s.attention_mask and s.attn not in ("flash_attention_2", "sdpa_packed")
+    mask = s.micro_batch_size * s.seq_len**2 if has_mask else 0
     final = (4 * h + 4 + (res * h + 2 * h if s.method == "full" else 0)) * t  # final norm, head input
     if s.gradient_checkpointing:
         kept = L * res * h * t + mask

@@ -33,7 +33,8 @@ def spec_for(shape: ModelShape, row: Row, micro_batch_size: int, steps: int = 2)
         lora_r=s.lora_r,
         lora_targets=list(s.lora_targets),
         precision=s.precision,
-        attn=s.attn,
+        # sdpa_packed is registered by the train floor; a full unmasked row on sdpa is its closest stand-in
+        attn="sdpa" if s.attn == "sdpa_packed" else s.attn,
         padding=s.attention_mask,
         device="cuda",
     )
