@@ -30,3 +30,9 @@ def require_module(name: str):
         return importlib.import_module(name)
     except ImportError as exc:
         unavailable(f"{name} is not installed ({exc}); pip install -e '.[dev]'")
+
+
+def hardware_lacks(reason: str):
+    """The machine lacks a hardware feature the test is about (a CPU instruction set, a GPU): a skip
+    that stands under CI too, since no install step can fix it."""
+    pytest.skip(reason)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ci import hardware_lacks, require_module
 
 from llama_sft.config import ConfigError, parse_run_config
 from llama_sft.model import quantize
 from llama_sft.sharding import shards_weights
 
-pytest.importorskip("bitsandbytes")  # a dev dependency (the qlora extra); CI installs it
+require_module("bitsandbytes")  # a dev dependency (the qlora extra); CI installs it
 
 
 def qlora_run(model_dir="unused", *flags: str):
@@ -58,7 +59,7 @@ def test_refusal_comes_before_any_weights_load(monkeypatch, tiny_model_dir, shar
     def no_weights(*args, **kwargs):
         raise AssertionError("model weights were loaded before bitsandbytes was checked")
 
-    monkeypatch.setattr(run_module, "load_model", no_weights)
+    monkeypatch.setattr(run_module, "load_for_this_rank", no_weights)
     import importlib.util
 
     real = importlib.util.find_spec
@@ -102,7 +103,7 @@ def test_one_answer_to_sharded_for_every_way_of_asking(no_launcher, monkeypatch,
     elif how == "zero2":
         flags = ["--deepspeed", str(repo / "configs/deepspeed/zero2.json")]
     else:  # what accelerate launch exports for configs/accelerate/zero3.yaml
-        pytest.importorskip("deepspeed")
+        require_module("deepspeed")
         monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
         monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(repo / "configs/deepspeed/zero3.json"))
         monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true")
@@ -169,7 +170,7 @@ def test_the_guard_is_needed_on_this_cpu(no_launcher, tiny_model_dir):
     from bitsandbytes.functional import has_avx512bf16
 
     if not has_avx512bf16():
-        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks here")
+        hardware_lacks("this CPU has no AVX512-BF16: bitsandbytes never repacks here")
     model = tiny_qlora_model(tiny_model_dir)
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):

@@ -13,9 +13,10 @@ import time
 
 import pytest
 import torch
+from ci import require_module
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("bitsandbytes")
+require_module("bitsandbytes")
 
 STEPS = 12
 

@@ -14,9 +14,10 @@ import json
 
 import pytest
 import torch
+from ci import require_module
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("bitsandbytes")
+require_module("bitsandbytes")
 
 PHRASE = "Arr, matey!"
 TRAIN = [

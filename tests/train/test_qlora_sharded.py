@@ -15,9 +15,10 @@ import json
 from pathlib import Path
 
 import pytest
+from ci import require_module
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("bitsandbytes")
+require_module("bitsandbytes")
 
 EVAL = [
     "--eval_ratio",
