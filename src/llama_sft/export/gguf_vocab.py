@@ -126,16 +126,18 @@ def _add_space_prefix(data: dict) -> bool:
 
 
 def opens_with_bos(template: Template, tokenizer) -> bool:
-    """Whether the training text of every conversation starts with the BOS text (then llama.cpp and
-    Ollama add BOS themselves, once, and strip it from a rendered template that also has it)."""
+    """Whether the training text of every conversation starts with the template's {bos} (then
+    llama.cpp and Ollama add BOS themselves, once, and llama.cpp strips it from a rendered template
+    that also has it). Rendered with a sentinel for BOS, so a template that merely starts with the
+    same text as a marker (chatml's <|im_start|> is SmolLM2's BOS token) does not count."""
     from ..data.messages import Message
 
-    special = SpecialText.from_tokenizer(tokenizer)
-    if not special.bos:
+    if not SpecialText.from_tokenizer(tokenizer).bos:
         return False
+    sentinel = SpecialText(bos="\x00bos\x00", eos=SpecialText.from_tokenizer(tokenizer).eos)
     probes = [[Message("user", "Hi")], [Message("system", "S"), Message("user", "Hi")]]
     return all(
-        template.render(p, add_generation_prompt=True, special=special).text.startswith(special.bos)
+        template.render(p, add_generation_prompt=True, special=sentinel).text.startswith(sentinel.bos)
         for p in probes
     )
 
