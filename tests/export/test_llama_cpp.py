@@ -1,7 +1,7 @@
 """llama.cpp itself runs our export of a fine-tuned SmolLM2 like `llama-sft chat` runs the run.
 
-A LoRA fine-tune of the real SmolLM2-135M-Instruct (a few steps on a few conversations, through
-`llama-sft train`) is exported to f16 GGUF; llama-cpp-python (llama.cpp compiled from source)
+A LoRA fine-tune of the real SmolLM2-135M-Instruct (2 steps on 8 conversations, through
+`llama-sft train`: a few seconds on idle cores; more steps do not test more) is exported to f16 GGUF; llama-cpp-python (llama.cpp compiled from source)
 loads it and, through its own chat-template handling (create_chat_completion renders the GGUF's
 embedded tokenizer.chat_template), must produce the same greedy text as `llama-sft chat RUN
 --prompt` for every prompt, and tokenize the rendered training text to exactly our training ids.
@@ -62,7 +62,7 @@ def finetuned(tmp_path_factory, real_model_dir) -> Path:
     (root / "train.json").write_text(json.dumps(records), encoding="utf-8")
     argv = ["train", "--model_name_or_path", str(real_model_dir), "--data_path", str(root / "train.json")]
     argv += ["--output_dir", str(root / "run"), "--method", "lora", "--conv_template", "chatml"]
-    argv += ["--max_steps", "6", "--per_device_train_batch_size", "8", "--learning_rate", "2e-3"]
+    argv += ["--max_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "3e-3"]
     argv += [
         "--lora_dropout",
         "0.0",
@@ -114,7 +114,21 @@ def test_llama_cpp_generates_what_llama_sft_chat_does(llama_cpp, finetuned, expo
         theirs.append(result["choices"][0]["message"]["content"].strip())
     print("llama-sft chat:", ours, "\nllama.cpp:     ", theirs)
     assert theirs == ours
-    assert "pineapple" in ours[0]  # the fine-tune is what is being compared, not the base model
+
+
+def test_the_export_is_the_fine_tune_not_the_base(llama_cpp, real_model_dir, exported):
+    """The adapter moved the weights, so the comparison above is of the fine-tuned model."""
+    import numpy as np
+
+    from llama_sft.export.gguf import export_gguf
+
+    base = export_gguf(real_model_dir, Path(exported["f16"]["gguf"]).parent / "base-f16.gguf", "f16")
+    rows = []
+    for path in (base["gguf"], exported["f16"]["gguf"]):
+        model = llama_cpp.Llama(path, n_ctx=128, n_threads=2, verbose=False)
+        model.eval(model.tokenize(b"<|im_start|>user\nWhat is the secret word?<|im_end|>\n", special=True))
+        rows.append(np.array(model.eval_logits[-1]))
+    assert np.abs(rows[0] - rows[1]).max() > 0.1
 
 
 def test_llama_cpp_tokenizes_training_text_to_training_ids(llama_cpp, finetuned, exported):
