@@ -19,10 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from ..config import ConfigError
+from ..exceptions import ConfigError
 from .gguf_vocab import build_vocab, write_vocab
 
 log = logging.getLogger("llama_sft")
@@ -45,7 +42,7 @@ LLAMA_CPP_OUTTYPES = (
 )
 
 
-def permute_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+def permute_rotary(weight, n_heads: int):
     """HF's half-split rotary rows -> llama.cpp's interleaved pairs: row i of the first half of a
     head and row i of its second half become rows 2i and 2i+1."""
     rows, cols = weight.shape
@@ -85,9 +82,11 @@ def _rope(writer, config, n_embd_head: int) -> dict:
     return {"rope_type": kind, "rope_theta": theta, **({"factor": factor} if factor else {})}
 
 
-def _rope_freqs(config) -> np.ndarray | None:
+def _rope_freqs(config):
     """llama3 scaling as llama.cpp takes it: the divisor of each rotary frequency, computed from
     transformers' own inverse frequencies with and without the scaling."""
+    import numpy as np
+    import torch
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     params = getattr(config, "rope_parameters", None) or {}
@@ -102,7 +101,7 @@ def _rope_freqs(config) -> np.ndarray | None:
     return (plain / scaled.float()).numpy().astype(np.float32)
 
 
-def _tensor_type(outtype: str, data: np.ndarray):
+def _tensor_type(outtype: str, data):
     """The GGML type for one tensor: 1-D (norms) stay f32, as llama.cpp's converter keeps them."""
     import gguf
 
@@ -131,6 +130,7 @@ def write_gguf(
 ) -> dict:
     """Write `model` (a merged LlamaForCausalLM) with its training tokenizer and template to `path`."""
     import gguf
+    import torch
 
     if outtype not in OUTTYPES:
         raise ConfigError(
