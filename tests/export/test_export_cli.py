@@ -99,7 +99,7 @@ def test_gguf_export_carries_rope_scaling_and_llama_cpp_runs_it(lora_run, tmp_pa
     import numpy as np
 
     model, tokenizer, template, _ = load_merged(lora_run, dtype="float32")
-    text = "<s>A chat between a curious user. " * 40 + "USER: Convert 7 km to m. ASSISTANT:"
+    text = "<s>A chat between a curious user. " * 70 + "USER: Convert 7 km to m. ASSISTANT:"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 512  # past the base's positions: only right with the scaling
     with torch.no_grad():
