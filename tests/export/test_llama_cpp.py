@@ -125,9 +125,9 @@ def test_the_export_is_the_fine_tune_not_the_base(llama_cpp, real_model_dir, exp
     base = export_gguf(real_model_dir, Path(exported["f16"]["gguf"]).parent / "base-f16.gguf", "f16")
     rows = []
     for path in (base["gguf"], exported["f16"]["gguf"]):
-        model = llama_cpp.Llama(path, n_ctx=128, n_threads=2, verbose=False)
+        model = llama_cpp.Llama(path, n_ctx=128, n_threads=2, verbose=False, logits_all=True)
         model.eval(model.tokenize(b"<|im_start|>user\nWhat is the secret word?<|im_end|>\n", special=True))
-        rows.append(np.array(model.eval_logits[-1]))
+        rows.append(np.array(model.scores[model.n_tokens - 1]))
     assert np.abs(rows[0] - rows[1]).max() > 0.1
 
 
@@ -166,8 +166,8 @@ def test_llama_cpp_tokenizes_training_text_to_training_ids(llama_cpp, finetuned,
 def test_q8_0_within_policy(llama_cpp, exported, capsys):
     import numpy as np
 
-    f16 = llama_cpp.Llama(exported["f16"]["gguf"], n_ctx=512, n_threads=2, verbose=False, logits_all=False)
-    q8 = llama_cpp.Llama(exported["q8_0"]["gguf"], n_ctx=512, n_threads=2, verbose=False, logits_all=False)
+    f16 = llama_cpp.Llama(exported["f16"]["gguf"], n_ctx=512, n_threads=2, verbose=False, logits_all=True)
+    q8 = llama_cpp.Llama(exported["q8_0"]["gguf"], n_ctx=512, n_threads=2, verbose=False, logits_all=True)
     assert exported["q8_0"]["bytes"] < 0.6 * exported["f16"]["bytes"]
     for prompt in PROMPTS:
         rows = []
@@ -175,7 +175,7 @@ def test_q8_0_within_policy(llama_cpp, exported, capsys):
             model.reset()
             text = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
             model.eval(model.tokenize(text.encode(), add_bos=False, special=True))
-            rows.append(np.array(model.eval_logits[-1]))
+            rows.append(np.array(model.scores[model.n_tokens - 1]))
         spread = rows[0].max() - rows[0].min()
         assert np.abs(rows[0] - rows[1]).max() <= 0.05 * spread, prompt
         assert rows[0].argmax() == rows[1].argmax(), prompt
