@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast lint format clean verify-gguf
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ test: lint
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not slow and not gpu" -q
+
+# GGUF export checked by llama.cpp itself: builds llama-cpp-python from source once (~4.5 min on 2
+# idle cores; the wheel is cached in ~/.cache/llama-sft/wheels), then runs the export tests.
+verify-gguf: install
+	LLAMA_SFT_BUILD_LLAMA_CPP=1 $(PY) tests/llama_cpp_build.py
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/export -q
 
 format: install
 	$(VENV)/bin/ruff format src tests benchmarks

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "llama_sft.cli.eval_cmd",
     "llama_sft.cli.chat_cmd",
     "llama_sft.cli.merge_cmd",
+    "llama_sft.cli.export_cmd",
     "llama_sft.cli.serve_cmd",
     "llama_sft.cli.fetch_model_cmd",
     "llama_sft.cli.launch_cmd",
