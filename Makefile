@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format clean verify-gguf
+.PHONY: install demo test test-fast test-tools lint format clean verify-gguf
 
 install: $(STAMP)
 
@@ -23,7 +23,14 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-test: lint
+# Tools the suite checks our output with: llama.cpp (llama-cpp-python built from source once, the
+# wheel cached in ~/.cache/llama-sft/wheels; ~8.5 CPU-minutes the first time) and Go's text/template
+# (Ollama's template engine; Debian's golang-go where apt-get can install it).
+test-tools: install
+	command -v go >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -q golang-go >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q golang-go >/dev/null))) || echo "note: no go toolchain; the Ollama template test will skip (fail under CI=true)"
+	LLAMA_SFT_BUILD_LLAMA_CPP=1 $(PY) tests/llama_cpp_build.py
+
+test: lint test-tools
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not gpu" -q
 
 test-fast: install
@@ -31,8 +38,7 @@ test-fast: install
 
 # GGUF export checked by llama.cpp itself: builds llama-cpp-python from source once (~4.5 min on 2
 # idle cores; the wheel is cached in ~/.cache/llama-sft/wheels), then runs the export tests.
-verify-gguf: install
-	LLAMA_SFT_BUILD_LLAMA_CPP=1 $(PY) tests/llama_cpp_build.py
+verify-gguf: test-tools
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/export -q
 
 format: install

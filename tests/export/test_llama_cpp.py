@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import pytest
+from ci import unavailable
 
 from llama_sft.data.messages import Message
 
@@ -48,7 +49,7 @@ def llama_cpp():
     try:
         return ensure_llama_cpp()
     except LlamaCppUnavailable as exc:
-        pytest.skip(str(exc))  # the build is `make verify-gguf`'s job, not the normal suite's
+        unavailable(str(exc))  # `make test` builds it once (cached); fails under CI=true
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_llama_cpp_tokenizes_training_text_to_training_ids(llama_cpp, finetuned,
     model = llama_cpp.Llama(exported["f16"]["gguf"], vocab_only=True, verbose=False)
     conversations = [[Message("user", q), Message("assistant", a)] for q, a in TRAIN]
     conversations.append(
-        [Message("system", "Be brief."), *conversations[0], Message("user", "  Héllo 你好 🙂\n\t12,345?")]
+        [Message("system", "Be brief."), *conversations[0], Message("user", "  Héllo 你好 🙂 12,345?")]
     )
     for conversation in conversations:
         for prompt in (False, True):
@@ -163,6 +164,27 @@ def test_llama_cpp_tokenizes_training_text_to_training_ids(llama_cpp, finetuned,
     )
 
 
+def test_llama_cpp_pretokenizer_difference_is_the_known_one(llama_cpp, finetuned, exported):
+    """llama.cpp's `smollm` pre-tokenizer (what its own converter picks for SmolLM2) keeps a run of
+    whitespace before a non-space together ("\\n\\t" -> one token), where the HF tokenizer's
+    byte-level regex splits it; our export names the same pre-tokenizer as llama.cpp's converter, so
+    this is llama.cpp's behaviour, not the export's. Pinned so a fix upstream (or a regression
+    elsewhere) shows up; training texts without such runs match exactly (test above)."""
+    from llama_sft.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(finetuned))
+    model = llama_cpp.Llama(exported["f16"]["gguf"], vocab_only=True, verbose=False)
+    for text in ("  Héllo 你好 🙂", "12,345?", " 🙂\n", "\t12"):
+        assert (
+            model.tokenize(text.encode(), add_bos=False, special=True)
+            == tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
+    ours = tokenizer("\n\t12", add_special_tokens=False)["input_ids"]
+    theirs = model.tokenize(b"\n\t12", add_bos=False, special=True)
+    assert [tokenizer.decode([i]) for i in ours] == ["\n", "\t", "1", "2"]
+    assert [model.detokenize([i]).decode() for i in theirs] == ["\n\t", "1", "2"]
+
+
 def test_q8_0_within_policy(llama_cpp, exported, capsys):
     import numpy as np
 
@@ -177,5 +199,9 @@ def test_q8_0_within_policy(llama_cpp, exported, capsys):
             model.eval(model.tokenize(text.encode(), add_bos=False, special=True))
             rows.append(np.array(model.scores[model.n_tokens - 1]))
         spread = rows[0].max() - rows[0].min()
-        assert np.abs(rows[0] - rows[1]).max() <= 0.05 * spread, prompt
-        assert rows[0].argmax() == rows[1].argmax(), prompt
+        error = np.abs(rows[0] - rows[1]).max()
+        assert error <= 0.05 * spread, prompt
+        # The same next token, unless f16's top two are closer than q8_0's error (a near tie that
+        # 8-bit rounding may break; then greedy text may differ, which the policy allows).
+        top2 = np.sort(rows[0])[-2:]
+        assert rows[0].argmax() == rows[1].argmax() or top2[1] - top2[0] <= 2 * error, prompt

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ci import unavailable
 
 from llama_sft.data.messages import Message
 from llama_sft.data.templates import BUILTIN, SpecialText
@@ -47,7 +48,7 @@ CONVERSATIONS = [
 def go_render(tmp_path_factory):
     go = shutil.which("go")
     if go is None:
-        pytest.skip("the go toolchain is not installed (Debian: apt-get install golang-go)")
+        unavailable("the go toolchain is not installed (`make test` installs Debian's golang-go)")
     out = tmp_path_factory.mktemp("gotmpl") / "render"
     source = Path(__file__).parent / "ollama_template" / "main.go"
     env = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from .merge_cmd import TOLERANCE_HELP
+
 FORMATS = ("gguf", "safetensors")
 
 
@@ -58,8 +60,9 @@ def register(subparsers) -> None:
         "--qlora_base",
         default="dequantized",
         choices=["dequantized", "original"],
-        help="QLoRA runs: merge into the dequantized 4-bit base as trained (needs CUDA) or the original weights",
+        help="QLoRA runs: merge into the dequantized 4-bit base as trained (bitsandbytes; CPU or GPU) or the original weights",
     )
+    p.add_argument("--tolerance", type=float, default=None, metavar="X", help=TOLERANCE_HELP)
     p.add_argument(
         "--dtype",
         default="auto",
@@ -98,6 +101,7 @@ def cmd_export(args) -> int:
         pre=args.pre,
         modelfile=not args.no_modelfile,
         overwrite=args.overwrite,
+        tolerance=args.tolerance,
     )
     if args.json:
         print(json.dumps(info, indent=2, default=str))

@@ -253,8 +253,10 @@ def export_gguf(
     pre: str | None = None,
     modelfile: bool = True,
     overwrite: bool = False,
+    tolerance: float | None = None,
 ) -> dict:
-    """Merge (adapter runs) through `merge.load_merged`, write the GGUF and its Modelfile."""
+    """Merge (adapter runs) through `merge.load_merged` (which checks the merge), write the GGUF and
+    its Modelfile."""
     from .merge import load_merged
     from .modelfile import write_modelfile
 
@@ -271,7 +273,9 @@ def export_gguf(
         if importlib.util.find_spec("llama_cpp") is None:
             quantize_with_llama_cpp(path, path, outtype)  # raises the explanation before any loading
     started = time.perf_counter()
-    model, tokenizer, template, notes = load_merged(source, dtype="auto", qlora_base=qlora_base)
+    model, tokenizer, template, notes = load_merged(
+        source, dtype="auto", qlora_base=qlora_base, tolerance=tolerance
+    )
     loaded = time.perf_counter()
     if outtype in LLAMA_CPP_OUTTYPES:
         staging = path.with_name(path.name + ".f16.tmp")
