@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from ci import unavailable
 
 
 def model_dir_with_template(root: Path, tokenizer, template_name: str, **config) -> Path:
@@ -26,13 +26,6 @@ def _real_vocab(kind: str):
         return load_llama_tokenizer(kind)
     except VocabUnavailable as exc:
         unavailable(f"LLaMA vocabularies unavailable: {exc}")
-
-
-def unavailable(reason: str):
-    """As tests/conftest.py's: skip offline, fail under CI=true (a needed download must not skip)."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI=true: a needed download must not skip)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,9 @@ def test_gguf_export_carries_rope_scaling_and_llama_cpp_runs_it(lora_run, tmp_pa
     try:
         llama_cpp = ensure_llama_cpp()
     except LlamaCppUnavailable as exc:
-        pytest.skip(f"llama.cpp half: {exc}")
+        from ci import unavailable
+
+        unavailable(f"llama.cpp half: {exc}")
     import numpy as np
 
     model, tokenizer, template, _ = load_merged(lora_run, dtype="float32")

@@ -330,6 +330,11 @@ def _ddp_worker(out: str, modes: list[str]) -> None:
     # transformers 5 leaves the process group to the script (Trainer.end); without this gloo can abort at exit
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    # The results are written: leave without interpreter teardown, where gloo's and DDP's threads can
+    # still abort the process ("terminate called without an active exception", seen in CI).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

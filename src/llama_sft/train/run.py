@@ -280,3 +280,14 @@ def close_process_group() -> None:
         # still uses it, can abort ("terminate called without an active exception").
         dist.barrier()
         dist.destroy_process_group()
+    import sys
+
+    # DeepSpeed keeps its own handles on the (now destroyed) groups (its comm backend and the
+    # data-parallel groups it cached); forget them so a second run in the same process (a notebook,
+    # the tests) initializes afresh instead of failing with "Group ... is not registered".
+    ds_groups = sys.modules.get("deepspeed.utils.groups")
+    if ds_groups is not None and hasattr(ds_groups, "_release_process_group_references"):
+        ds_groups._release_process_group_references(group=None)
+    ds_comm = sys.modules.get("deepspeed.comm.comm")
+    if ds_comm is not None and getattr(ds_comm, "cdb", None) is not None:
+        ds_comm.cdb = None
