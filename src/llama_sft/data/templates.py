@@ -107,22 +107,6 @@ class FormatTemplate:
         if "{content}" not in (self.first_user_format or "{content}"):
             raise TemplateError(f"template {self.name!r}: first_user_format must contain {{content}}")
 
-    def _reply_start(self, messages, k, full, before, special, tools) -> int:
-        """Where turn k's reply starts when the prompt before it renders differently once later turns
-        follow (Hermes closes a last tool result differently; DeepSeek-R1's generation prompt opens
-        `<think>`): right after the generation prompt found where the context stops agreeing, or after
-        the part of it the full text shares, cut back to a marker or line end."""
-        context = self.render_text(messages[:k], False, special, tools)
-        base = len(os.path.commonprefix([context, full]))
-        cue = before[len(context) :] if before.startswith(context) else before[base:]
-        at = full.find(cue, base, base + len(cue) + 64) if cue else -1
-        if at >= 0:
-            return at + len(cue)
-        shared = len(os.path.commonprefix([cue, full[base:]]))
-        while shared > 0 and cue[shared - 1] not in ">\n":
-            shared -= 1
-        return base + shared
-
     def render(
         self,
         messages: list[Message],
