@@ -3,10 +3,9 @@ llama.cpp), the wheel cached in ~/.cache/llama-sft/wheels so a machine builds it
 
 Measured on this project's 2-core CI machine: 508 CPU-seconds (466 user + 42 system), i.e. about
 4.5 minutes of wall time on 2 idle cores, 45 minutes when 8 jobs share them; 19.6 MB wheel. That
-does not fit next to the rest of `make test` on a fresh machine, so the normal suite only *uses* a
-cached or installed build, and `make verify-gguf` builds one when it is missing
-(LLAMA_SFT_BUILD_LLAMA_CPP=1).
-"""
+is paid once per machine: `make test` and `make verify-gguf` build the wheel when it is missing
+(LLAMA_SFT_BUILD_LLAMA_CPP=1) and install it; the tests then only use it (under CI=true a missing
+build fails them rather than skipping)."""
 
 from __future__ import annotations
 
