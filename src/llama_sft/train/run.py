@@ -30,6 +30,7 @@ from .distributed import ShardingCheck, setup_distributed
 from .fault_injection import fault_injection
 from .host_memory import HostMemory
 from .loss import install as install_loss
+from .malloc import LeanLoadingAllocator
 from .outputs import plot_loss, save_template, write_report, write_run_record
 from .packing import PackedDataset, use_packed_attention
 from .preemption import Preempted, PreemptionHandler, clear_marker, write_marker
@@ -166,6 +167,7 @@ def train(run: RunConfig) -> dict:
 
     set_seed(t.seed)
     host_memory = HostMemory()
+    allocator = LeanLoadingAllocator()  # freed load buffers go back to the system (train/malloc.py)
     model = load_for_this_rank(run, model_config)  # FSDP cpu_ram_efficient_loading: rank 0 reads alone
     if run.data.packing == "packed":
         # sdpa -> sdpa_packed (attention within each conversation); flash_attention_2 and eager stay
@@ -173,6 +175,7 @@ def train(run: RunConfig) -> dict:
     if t.activation_checkpointing:
         t.activation_checkpointing_kwargs = t.activation_checkpointing_kwargs or {"use_reentrant": False}
     model = add_adapters(model, run)
+    host_memory.loaded()
     install_loss(model, t.loss_impl)  # after the adapters: it hooks the causal LM inside peft's wrapper
     params = trainable_summary(model)
     log.info(
@@ -208,6 +211,7 @@ def train(run: RunConfig) -> dict:
             *fault_injection(),  # test hook, before the handler that reacts to its signal
             preemption := PreemptionHandler(),
             host_memory,
+            allocator,  # after host_memory, which reads the load peak before the heap is trimmed
         ],
         sample_ids=train_ds["id"],
     )
