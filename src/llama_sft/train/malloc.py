@@ -18,18 +18,15 @@ its page faults, and training steps took twice the time (sys time 1.1 s -> 7.2 s
 
 Nothing is done where the user chose the allocator's behaviour (`MALLOC_MMAP_THRESHOLD_`,
 `GLIBC_TUNABLES` with `mmap_threshold`, or jemalloc/tcmalloc in `LD_PRELOAD`), or off glibc.
+`train/callbacks.py`'s `LeanLoading` does it around `llama-sft train`'s loading; plain functions here
+(no torch, no transformers) so that a fresh process can test them cheaply.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import platform
-
-from transformers import TrainerCallback
-
-log = logging.getLogger("llama_sft")
 
 M_TRIM_THRESHOLD = -1  # <malloc.h>
 M_MMAP_THRESHOLD = -3
@@ -67,17 +64,3 @@ def release_after_loading() -> None:
         libc.mallopt(M_MMAP_THRESHOLD, TRAINING_THRESHOLD)
         libc.mallopt(M_TRIM_THRESHOLD, 2 * TRAINING_THRESHOLD)
         libc.malloc_trim(0)
-
-
-class LeanLoadingAllocator(TrainerCallback):
-    """Create it just before the weights load; it lets go when training begins (the model is prepared)."""
-
-    def __init__(self):
-        self.pinned = pin_mmap_threshold()
-        if self.pinned:
-            log.debug("malloc: mmap threshold pinned at %d bytes while the model loads", LOADING_THRESHOLD)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.pinned:
-            release_after_loading()
-            self.pinned = False

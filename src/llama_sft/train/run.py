@@ -24,13 +24,12 @@ from ..model.quantize import describe as describe_quantization
 from ..model.rope import check_rope_scaling, existing_scaling
 from ..model.trained import BASE_CONFIG
 from ..rundir import write_generation_config
-from .callbacks import MetricsLogger
+from .callbacks import LeanLoading, MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
 from .fault_injection import fault_injection
 from .host_memory import HostMemory
 from .loss import install as install_loss
-from .malloc import LeanLoadingAllocator
 from .outputs import plot_loss, save_template, write_report, write_run_record
 from .packing import PackedDataset, use_packed_attention
 from .preemption import Preempted, PreemptionHandler, clear_marker, write_marker
@@ -167,7 +166,7 @@ def train(run: RunConfig) -> dict:
 
     set_seed(t.seed)
     host_memory = HostMemory()
-    allocator = LeanLoadingAllocator()  # freed load buffers go back to the system (train/malloc.py)
+    lean_loading = LeanLoading()  # freed load buffers go back to the system (train/malloc.py)
     model = load_for_this_rank(run, model_config)  # FSDP cpu_ram_efficient_loading: rank 0 reads alone
     if run.data.packing == "packed":
         # sdpa -> sdpa_packed (attention within each conversation); flash_attention_2 and eager stay
@@ -211,7 +210,7 @@ def train(run: RunConfig) -> dict:
             *fault_injection(),  # test hook, before the handler that reacts to its signal
             preemption := PreemptionHandler(),
             host_memory,
-            allocator,  # after host_memory, which reads the load peak before the heap is trimmed
+            lean_loading,  # after host_memory, which reads the load peak before the heap is trimmed
         ],
         sample_ids=train_ds["id"],
     )
