@@ -16,10 +16,11 @@ A reader holds `weights` bytes: 2 per parameter (bf16), 4 for full fine-tuning i
 (fp32 weights). When the checkpoint is stored in the load dtype those are page cache, shared by the
 readers of a node; when it is converted (an fp16 or fp32 checkpoint loaded in bf16) each reader
 holds a private copy. Per node this counts one copy per reader, the upper bound. Measured on CPU
-(tests/train/test_lean_load_memory.py, 2 processes, a 292 MiB model): the non-reading rank's
-anonymous memory peaked at 0.64x the model under FSDP and ZeRO-3, which on CPU is its shard (the
-CPU is its device) plus fixed costs; on a GPU the shard is device memory and the rank's host share
-is what `other_bytes` counts: nothing that grows with the model.
+(tests/train/test_lean_load_memory.py, docs/distributed.md; 2 processes): the non-reading rank's
+anonymous memory peaked at its shard (on CPU the device is host memory), the largest parameter
+twice over (the whole tensor in flight and the copy made of it: 6 MiB for a 292 MiB random LLaMA,
+108 MiB for SmolLM2-135M's embedding) and ~40 MiB of fixed costs. On a GPU the shard and the tensor
+in flight are device memory, so `other_bytes` is 0: nothing that grows with the model.
 
 Offloaded shards and optimizer states (`offload params/optimizer`) come on top during training;
 memory.py counts them (`Breakdown.host`).
@@ -62,8 +63,10 @@ def load_host(shape: ModelShape, s: Setting, gpus_per_node: int = 1, lean_fsdp: 
     per_param = 4 if (s.method == "full" and s.precision == "mixed" and not s.deepspeed) else 2
     weights = per_param * shape.total_params
     ranks = max(1, min(gpus_per_node, s.world_size))
-    # On a CPU the device is host memory: a receiving rank keeps its shard there.
-    other = weights / s.world_size if s.device == "cpu" else 0.0
+    # On a CPU the device is host memory: a receiving rank keeps its shard there, and the parameter in
+    # flight (broadcast whole by accelerate, gathered whole by DeepSpeed) with the copy made of it.
+    largest = per_param * max(shape.vocab_size, shape.intermediate_size) * shape.hidden_size
+    other = weights / s.world_size + 2 * largest if s.device == "cpu" else 0.0
     quantized = s.method == "qlora"
     if s.sharding == "zero3" and not quantized:
         return LoadHost(weights, other, 1, ranks, "rank 0")
