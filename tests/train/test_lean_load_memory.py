@@ -4,10 +4,14 @@ Each rank records its anonymous resident memory from before the weights load unt
 prepared the model (`run_record.json` -> `host_memory`, train/host_memory.py). On CPU the "device"
 is host memory too, so after sharding each rank inherently keeps its shard (half the model with 2
 processes) plus costs that do not grow with the model (Trainer, LoRA adapters, data: ~40 MiB here).
-Hence the bound for a rank that does not hold the whole model: below 0.75 x the model (the shard and
-a quarter of the model of slack). Without train/malloc.py, glibc kept the freed broadcast and gather
-buffers and rank 1 peaked at 257 MiB (FSDP, 0.88x) and 346 MiB (ZeRO-3, 1.18x); with it 185 and
-187 MiB (0.64x). DDP is the contrast: every rank holds the whole model, so its peak is >= 1x.
+While loading, a receiving rank also holds the parameter in flight (broadcast or gathered whole, and
+the copy made of it), here at most 2 x 6 MiB. Hence the bound for a rank that does not hold the
+whole model: below 0.75x the model (the shard and a quarter of the model of slack). Without
+train/malloc.py glibc kept the freed broadcast and gather buffers: rank 1 peaked at 245-257 MiB under
+FSDP (0.84-0.88x; 7 of 8 runs, one stayed below the bound) and 252-423 MiB under ZeRO-3 (both ranks
+above it in every run); with it 185 and 187 MiB (0.64x). DDP is the contrast: every rank holds the
+whole model, so its peak is >= 1x. (A model whose largest tensor is a large share of it, such as
+SmolLM2-135M's 108 MiB embedding, peaks higher on CPU: docs/distributed.md.)
 
 The file pages of the memory-mapped checkpoint are counted apart (page cache, shared by a node's
 ranks): they show who read the weights.
