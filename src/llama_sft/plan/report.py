@@ -40,6 +40,7 @@ def render_rows(console, shape: ModelShape, rows: list[Row], header: str, show_a
         table.add_column(term, justify="right")
     table.add_column("peak at")
     table.add_column("host GiB/node", justify="right")
+    table.add_column("load GiB", justify="right")
     shown = [r for r in rows if r.fits or show_all]
     for r in shown:
         b = r.breakdown
@@ -50,6 +51,7 @@ def render_rows(console, shape: ModelShape, rows: list[Row], header: str, show_a
             *(f"{getattr(b, t) / GIB:.1f}" for t in SHORT),
             b.phase,
             f"{r.host_bytes_per_node / GIB:.0f}" if r.setting.offload != "none" else "",
+            load_label(r),
             style=None if r.fits else "dim",
         )
     console.print(table)
@@ -58,8 +60,20 @@ def render_rows(console, shape: ModelShape, rows: list[Row], header: str, show_a
         console.print(f"[dim]{hidden} setting(s) do not fit even at micro-batch 1 (--all lists them).[/]")
     console.print(
         "[dim]Peak at micro-batch shown (1 when nothing fits); train. = trainable copy (LoRA adapters "
-        "or fp32 master); overh. = CUDA context, allocator slack, communication buffers.[/]"
+        "or fp32 master); overh. = CUDA context, allocator slack, communication buffers; "
+        "load = host RAM while the weights load, on a rank that reads the checkpoint / on one that "
+        "does not (ZeRO-3: rank 0 reads; FSDP with cpu_ram_efficient_loading, as configs/accelerate/"
+        "fsdp.yaml: each node's first rank; otherwise every rank).[/]"
     )
+
+
+def load_label(row: Row) -> str:
+    load = row.load
+    if load is None:
+        return ""
+    if load.readers_per_node == load.ranks_per_node:
+        return f"{load.reader_bytes / GIB:.0f}"
+    return f"{load.reader_bytes / GIB:.0f} / {load.other_bytes / GIB:.0f}"
 
 
 def render_largest(console, answers: list[dict], header: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .load_host import LoadHost, load_host
 from .memory import GIB, METHODS, Breakdown, Setting, estimate
 from .shapes import PRESETS, ModelShape, load_shape
 
@@ -36,6 +37,7 @@ class Row:
     breakdown: Breakdown
     gpu_bytes: float
     host_bytes_per_node: float = 0.0  # CPU RAM the offloaded states need on each node
+    load: LoadHost | None = None  # host RAM while the weights load (plan/load_host.py)
 
     @property
     def fits(self) -> bool:
@@ -72,12 +74,23 @@ class Row:
             "breakdown_gib": b.gib(),
             "peak_phase": b.phase,
             "host_gib_per_node": round(self.host_bytes_per_node / GIB, 1),
+            **(self.load_json() if self.load else {}),
             "seq_len": s.seq_len,
             "loss_impl": s.loss_impl,
             "activation_offloading": s.activation_offloading,
             "world_size": s.world_size,
             "lora_r": s.lora_r if s.method != "full" else None,
             "notes": b.notes,
+        }
+
+    def load_json(self) -> dict:
+        load = self.load
+        assert load is not None
+        return {
+            "load_host_gib_reader": round(load.reader_bytes / GIB, 1),
+            "load_host_gib_other": round(load.other_bytes / GIB, 1),
+            "load_host_gib_per_node": round(load.per_node / GIB, 1),
+            "load_readers": load.who,
         }
 
 
@@ -115,8 +128,9 @@ def largest_batch(
     `host_bytes` of CPU RAM per node when it is given."""
     one = estimate(shape, replace(setting, micro_batch_size=1))
     host = one.host * min(gpus_per_node, setting.world_size)
+    load = load_host(shape, setting, gpus_per_node)
     if one.peak > gpu_bytes or (host_bytes is not None and host > host_bytes):
-        return Row(replace(setting, micro_batch_size=1), 0, one, gpu_bytes, host)
+        return Row(replace(setting, micro_batch_size=1), 0, one, gpu_bytes, host, load)
     lo, hi = 1, MAX_MICRO_BATCH
     if estimate(shape, replace(setting, micro_batch_size=hi)).peak <= gpu_bytes:
         lo = hi
@@ -127,7 +141,7 @@ def largest_batch(
         else:
             hi = mid - 1
     final = replace(setting, micro_batch_size=lo)
-    return Row(final, lo, estimate(shape, final), gpu_bytes, host)
+    return Row(final, lo, estimate(shape, final), gpu_bytes, host, load)
 
 
 def plan(

@@ -1,4 +1,5 @@
-"""Trainer callbacks: metrics.jsonl on rank 0, perplexity next to eval loss."""
+"""Trainer callbacks: metrics.jsonl on rank 0, perplexity next to eval loss, the allocator setting
+that returns freed memory while the model loads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from .malloc import pin_mmap_threshold, release_after_loading
 
 
 class MetricsLogger(TrainerCallback):
@@ -35,3 +38,16 @@ def read_metrics(output_dir: str | Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class LeanLoading(TrainerCallback):
+    """Create it just before the weights load: glibc returns freed buffers to the system until the
+    Trainer has prepared the model (train/malloc.py), then its usual setting comes back."""
+
+    def __init__(self):
+        self.pinned = pin_mmap_threshold()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.pinned:
+            release_after_loading()
+            self.pinned = False

@@ -24,7 +24,7 @@ from ..model.quantize import describe as describe_quantization
 from ..model.rope import check_rope_scaling, existing_scaling
 from ..model.trained import BASE_CONFIG
 from ..rundir import write_generation_config
-from .callbacks import MetricsLogger
+from .callbacks import LeanLoading, MetricsLogger
 from .collator import make_collator
 from .distributed import ShardingCheck, setup_distributed
 from .fault_injection import fault_injection
@@ -166,6 +166,7 @@ def train(run: RunConfig) -> dict:
 
     set_seed(t.seed)
     host_memory = HostMemory()
+    lean_loading = LeanLoading()  # freed load buffers go back to the system (train/malloc.py)
     model = load_for_this_rank(run, model_config)  # FSDP cpu_ram_efficient_loading: rank 0 reads alone
     if run.data.packing == "packed":
         # sdpa -> sdpa_packed (attention within each conversation); flash_attention_2 and eager stay
@@ -173,6 +174,7 @@ def train(run: RunConfig) -> dict:
     if t.activation_checkpointing:
         t.activation_checkpointing_kwargs = t.activation_checkpointing_kwargs or {"use_reentrant": False}
     model = add_adapters(model, run)
+    host_memory.loaded()
     install_loss(model, t.loss_impl)  # after the adapters: it hooks the causal LM inside peft's wrapper
     params = trainable_summary(model)
     log.info(
@@ -208,6 +210,7 @@ def train(run: RunConfig) -> dict:
             *fault_injection(),  # test hook, before the handler that reacts to its signal
             preemption := PreemptionHandler(),
             host_memory,
+            lean_loading,  # after host_memory, which reads the load peak before the heap is trimmed
         ],
         sample_ids=train_ds["id"],
     )
