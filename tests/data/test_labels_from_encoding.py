@@ -16,6 +16,7 @@ from vocab import word_tokenizer
 
 from llama_sft.data.encode import (
     IGNORE_INDEX,
+    _covered,
     encode_conversation,
     labels_from_encoding,
     offsets_in_order,
@@ -170,3 +171,20 @@ def test_walks_over_zero_width_tokens_and_gaps():
         spans = random_spans(rng, length)
         got = labels_from_encoding(ids, OffsetsEncoding(offsets), spans, length)
         assert got == by_definition(ids, offsets, spans), (offsets, spans)
+
+
+def test_supervised_count_matches_the_labels(tiny_tokenizer):
+    """`n_supervised` is counted from the label runs as they are made; it must equal the labels' count."""
+    rng = random.Random(2)
+    for max_length in (None, 3, 9, 17, 40):
+        for _ in range(20):
+            turns = [Message(role, "".join(rng.choice(PIECES[:20]) for _ in range(rng.randint(1, 9))) or "x")
+                     for role in ("user", "assistant") * rng.randint(1, 3)]  # fmt: skip
+            for template in ("llama-2", "chatml", "vicuna_v1.1"):
+                enc = encode_conversation(Conversation(turns), BUILTIN[template], tiny_tokenizer, max_length)
+                assert enc.supervised_count is not None  # the fast path made it
+                assert enc.n_supervised == len(enc.labels) - enc.labels.count(IGNORE_INDEX)
+    for _ in range(500):  # overlapping runs (spans that overlap), cut at `keep`
+        runs = [tuple(sorted(rng.sample(range(30), 2))) for _ in range(rng.randint(0, 4))]
+        keep = rng.randint(0, 30)
+        assert _covered(runs, keep) == len({i for a, b in runs for i in range(a, min(b, keep))})

@@ -45,6 +45,8 @@ class Encoded:
     # The template's reply spans, so callers that map tokens back to text (inspect, per-turn eval
     # loss) need not tokenize or render again.
     spans: tuple = ()
+    # Supervised tokens, when counted as the labels were made (counting -100s costs a compare a token).
+    supervised_count: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def offsets(self) -> list[tuple[int, int]]:
@@ -62,6 +64,8 @@ class Encoded:
 
     @property
     def n_supervised(self) -> int:
+        if self.supervised_count is not None:
+            return self.supervised_count
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
@@ -121,30 +125,58 @@ def labels_from_encoding(ids: list[int], encoding, spans, text_length: int) -> t
     Valid when token starts and ends never decrease, which a tokenizer made of the library's own
     parts guarantees (`offsets_in_order`). Each span boundary is one Rust lookup (`char_to_token`) and
     a short walk of `token_to_chars` calls, instead of a Python tuple for every token."""
-    n = len(ids)
-    labels = [IGNORE_INDEX] * n
+    runs, straddle = label_runs(len(ids), encoding, spans, text_length)
+    return _fill_labels(ids, runs, len(ids)), straddle
+
+
+def _fill_labels(ids: list[int], runs, keep: int) -> list[int]:
+    """The first `keep` labels: ids inside the runs of supervised tokens, IGNORE_INDEX elsewhere."""
+    labels = [IGNORE_INDEX] * keep
+    for first, stop in runs:
+        stop = min(stop, keep)
+        if first < stop:  # (a slice assignment past the end would append)
+            labels[first:stop] = ids[first:stop]
+    return labels
+
+
+def _covered(runs, keep: int) -> int:
+    """How many of the first `keep` tokens the runs cover (runs may overlap when spans do)."""
+    total = reach = 0
+    for first, stop in sorted(runs):
+        stop, first = min(stop, keep), max(first, reach)
+        if stop > first:
+            total, reach = total + stop - first, stop
+    return total
+
+
+def label_runs(n: int, encoding, spans, text_length: int) -> tuple[list[tuple[int, int]], int]:
+    """[first, stop) token runs that start inside each span, and the straddler count (see above)."""
+    runs: list[tuple[int, int]] = []
     if n == 0:
-        return labels, 0
+        return runs, 0
     chars, locate = encoding.token_to_chars, encoding.char_to_token
     straddle = 0
     for s, e in spans:
-        first = _starts_before(s, n, chars, locate, text_length)
+        first, before = _starts_before(s, n, chars, locate, text_length)
         if e > s:
-            stop = _starts_before(e, n, chars, locate, text_length)
-            labels[first:stop] = ids[first:stop]
+            stop = _starts_before(e, n, chars, locate, text_length)[0]
+            if stop > first:
+                runs.append((first, stop))
         j = first  # straddlers: the run just before `first` whose ends pass s (ends never decrease)
-        while j and chars(j - 1)[1] > s:
+        while j and before[1] > s:
             j -= 1
+            before = chars(j - 1) if j else None
         straddle += first - j
-    return labels, straddle
+    return runs, straddle
 
 
-def _starts_before(x: int, n: int, chars, locate, text_length: int) -> int:
-    """How many tokens start before character x, for starts that never decrease.
+def _starts_before(x: int, n: int, chars, locate, text_length: int) -> tuple[int, tuple | None]:
+    """How many tokens start before character x (starts never decrease), and the last one's offsets.
 
     The walk makes it exact from any starting guess; `char_to_token` (the first token covering x)
     only makes the guess close. Positions no token covers (the end of the text, stripped characters)
-    start the walk from a bisection instead."""
+    start the walk from a bisection instead. Usually two `token_to_chars` calls: the guess, and the
+    token before it (which the caller reuses to count straddlers)."""
     if x >= text_length:
         i = n
     else:
@@ -157,11 +189,21 @@ def _starts_before(x: int, n: int, chars, locate, text_length: int) -> int:
                     lo = mid + 1
                 else:
                     i = mid
-    while i < n and chars(i)[0] < x:
-        i += 1
-    while i and chars(i - 1)[0] >= x:
-        i -= 1
-    return i
+    before = None
+    while i < n:
+        here = chars(i)
+        if here[0] >= x:
+            break
+        before, i = here, i + 1
+    if before is None:  # no step forward: step back over tokens that start at or after x
+        while i:
+            before = chars(i - 1)
+            if before[0] < x:
+                break
+            i -= 1
+        else:
+            before = None
+    return i, before
 
 
 def offsets_in_order(tokenizer) -> bool:
@@ -259,17 +301,17 @@ def encode_conversations(
         if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
             check_bos(ids, tokenizer, r.text)
         spans = supervised_spans(r, strategy, train_on_reasoning)
+        full = len(ids)
+        keep = full if max_length is None else min(full, max_length)
+        supervised = None
         if from_encodings:  # `Encoded.offsets` cuts the Encoding's to the kept tokens when asked
-            labels, straddle = labels_from_encoding(ids, offsets, spans, len(r.text))
+            runs, straddle = label_runs(full, offsets, spans, len(r.text))
+            labels, supervised = _fill_labels(ids, runs, keep), _covered(runs, keep)
         else:
             labels, straddle = labels_from_offsets(ids, offsets, spans)
-            offsets = list(offsets[:max_length] if max_length is not None else offsets)
-        full = len(ids)
-        if max_length is not None and full > max_length:
-            ids, labels = ids[:max_length], labels[:max_length]
-        elif type(ids) is not list:
-            ids = list(ids)
-        out.append(Encoded(ids, labels, r.text, full, straddle, offsets, r.spans))
+            labels, offsets = labels[:keep], list(offsets[:keep])
+        ids = ids[:keep] if keep < full else ids if type(ids) is list else list(ids)
+        out.append(Encoded(ids, labels, r.text, full, straddle, offsets, r.spans, supervised))
     return out
 
 
