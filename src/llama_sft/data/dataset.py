@@ -108,13 +108,11 @@ def encode_with_report(
         ]
         encoded = encode_conversations(chunk, template, tokenizer, max_length, strategy, special_policy)
         for conv, enc in zip(chunk, encoded, strict=True):
-            file, index = _location(conv)
             if enc.truncated:
                 stats.truncated += 1
                 report.add(
                     Issue(
-                        file,
-                        index,
+                        *_location(conv),
                         "truncated",
                         f"{enc.full_length} tokens > model_max_length {max_length}",
                         record_id=conv.id,
@@ -126,8 +124,7 @@ def encode_with_report(
                 stats.dropped_no_supervised += 1
                 report.add(
                     Issue(
-                        file,
-                        index,
+                        *_location(conv),
                         "no_supervised_tokens",
                         f"no reply token left within {max_length} tokens"
                         if enc.truncated
@@ -146,8 +143,7 @@ def encode_with_report(
                 stats.boundary_conversations += 1
                 report.add(
                     Issue(
-                        file,
-                        index,
+                        *_location(conv),
                         "boundary_token",
                         boundary_detail(enc),
                         record_id=conv.id,
@@ -175,6 +171,10 @@ def _location(conv) -> tuple[str, int]:
 
 def _special_issue(conv, strings, policy: str, find_special) -> Issue | None:
     """A special-token string in any message: an error under `error`, else a warning."""
+    # Most conversations hold none: one scan of all their text clears them (a hit that spans two
+    # messages only sends the conversation through the per-message scan, which finds nothing).
+    if not find_special("\0".join(m.content for m in conv.messages), strings):
+        return None
     hits = {n: find_special(m.content, strings) for n, m in enumerate(conv.messages)}
     hits = {n: h for n, h in hits.items() if h}
     if not hits:

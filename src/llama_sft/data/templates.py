@@ -75,7 +75,7 @@ def _pieces(fmt: str) -> tuple[str, ...]:
 def _fill(fmt: str, special: SpecialText, content: str = "", system: str = "") -> str:
     # Substitute placeholders in one pass, so braces or placeholders inside content stay literal.
     values = {"{content}": content, "{system}": system, "{bos}": special.bos, "{eos}": special.eos}
-    return "".join(values.get(piece, piece) for piece in _pieces(fmt))
+    return "".join([values.get(piece, piece) for piece in _pieces(fmt)])
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,7 @@ class FormatTemplate:
             parts.append(_fill(self.system_format, special, system=system))
         spans = []
         text_len = len(parts[0]) + (len(parts[1]) if len(parts) > 1 else 0)
+        cue, tail = _fill(self.generation_prompt, special), _fill(self.assistant_suffix, special)
         for n, msg in enumerate(turns):
             if msg.role == "user":
                 fmt = self.first_user_format if (n == 0 and embed_system) else self.user_format
@@ -152,9 +153,7 @@ class FormatTemplate:
                 content = reasoning.assistant_text(msg, final)
                 if style is not None:
                     content = style.calls(content, msg.tool_calls)
-                cue = _fill(self.generation_prompt, special)
                 reply = _fill(self.assistant_format, special, content=content)
-                tail = _fill(self.assistant_suffix, special)
                 parts += [cue, reply, tail]
                 start = text_len + len(cue)
                 spans.append((start, start + len(reply)))
