@@ -82,7 +82,7 @@ SLICE = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=1, num
 QUICK = {"smollm2": {2048: ["fastchat", "packed", "trl"]}}
 FULL = {
     "smollm2": {2048: ["fastchat", "packed", "packed_sdpa", "trl", "trl_kernel"]},
-    "llama2-7b-slice": {2048: ["fastchat", "fastchat_own", "packed", "trl"]},
+    "llama2-7b-slice": {2048: ["fastchat", "fastchat_own", "packed", "trl", "trl_kernel"]},
 }
 
 
@@ -191,7 +191,11 @@ def run_worker(spec: dict) -> dict:
         raise RuntimeError(
             f"{spec['system']} on {spec['workload']} at {spec['max_length']} failed:\n{done.stderr[-4000:]}"
         )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    ours = Path(__file__).resolve().parents[1] / "src"
+    if not Path(result["llama_sft"]).resolve().is_relative_to(ours):
+        raise RuntimeError(f"{spec['system']} imported llama_sft from {result['llama_sft']}, not from {ours}")
+    return result
 
 
 def available(system: str, workload_name: str) -> str | None:

@@ -183,6 +183,8 @@ def run(spec: dict) -> dict:
     import transformers
     from common import PeakRSS
 
+    import llama_sft
+
     torch.set_num_threads(spec["threads"])
     transformers.logging.set_verbosity_error()
     blob = torch.load(spec["data"], weights_only=False)
@@ -229,6 +231,7 @@ def run(spec: dict) -> dict:
     return {
         "system": spec["system"],
         "workload": spec["workload"],
+        "llama_sft": llama_sft.__file__,  # the orchestrator checks it is this checkout's src, not an install
         "max_length": spec["max_length"],
         "attention": model.config._attn_implementation
         if hasattr(model.config, "_attn_implementation")
