@@ -172,10 +172,16 @@ def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     )
 
 
-def save(result: dict) -> None:
+def save(result: dict, keys: tuple[str, ...]) -> None:
+    """Write `keys` of `result` over the stored file, re-read now: a section run at the same time keeps its own."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "memory.md").write_text(markdown(result))
+    path = RESULTS / "memory.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    for k in ("head", "step", "planner", "head_runs", "step_runs"):
+        stored.setdefault(k, [])
+    stored.update({k: result[k] for k in keys})
+    path.write_text(json.dumps(stored, indent=1))
+    (RESULTS / "memory.md").write_text(markdown(stored))
 
 
 def main(argv=None) -> int:
@@ -214,7 +220,7 @@ def main(argv=None) -> int:
                     result["head_provenance"] = common.finish(prov)
                     result["head_runs"] = merge_rows(result["head_runs"], runs)
                     result["head"] = summarize_heads(result["head_runs"])
-                    save(result)
+                    save(result, ("head_provenance", "head_runs", "head"))
     if args.only in (None, "step"):
         prov = common.provenance() | {"command": command}
         runs = []
@@ -227,10 +233,10 @@ def main(argv=None) -> int:
             result["step_provenance"] = common.finish(prov)
             result["step_runs"] = merge_rows(result["step_runs"], runs)
             result["step"] = summarize_steps(result["step_runs"])
-            save(result)
+            save(result, ("step_provenance", "step_runs", "step"))
     result["planner"] = planner_rows()
-    save(result)
-    print(markdown(result))
+    save(result, ("planner",))
+    print(markdown(json.loads((RESULTS / "memory.json").read_text())))
     return 0
 
 
