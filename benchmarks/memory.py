@@ -105,8 +105,9 @@ def planner_rows() -> list[dict]:
 
 def markdown(result: dict) -> str:
     lines = ["# Plain vs chunked cross-entropy: memory and step time", ""]
-    for name in ("head", "step"):
-        if prov := result.get(f"{name}_provenance"):
+    for name in ("head", "step"):  # each run names its command, commit and load; older runs their section's
+        provs = [r.get("provenance") or result.get(f"{name}_provenance") for r in result[f"{name}_runs"]]
+        for prov in {p["command"]: p for p in provs if p}.values():
             lines += [f"**{name} rows**: " + " ".join(common.header_lines(prov, prov["command"])), ""]
     lines += [
         "Peaks are c10's CPU allocator (the profiler's memory events, as `llama_sft.plan.measure`); times are "
@@ -179,7 +180,10 @@ def save(result: dict, keys: tuple[str, ...]) -> None:
     stored = json.loads(path.read_text()) if path.exists() else {}
     for k in ("head", "step", "planner", "head_runs", "step_runs"):
         stored.setdefault(k, [])
-    stored.update({k: result[k] for k in keys})
+    for k in keys:  # runs: merged by row, so two sections or two step runs at once keep each other's rows
+        stored[k] = merge_rows(stored[k], result[k]) if k.endswith("_runs") else result[k]
+    stored["head"] = summarize_heads(stored["head_runs"])
+    stored["step"] = summarize_steps(stored["step_runs"])
     path.write_text(json.dumps(stored, indent=1))
     (RESULTS / "memory.md").write_text(markdown(stored))
 
@@ -218,9 +222,9 @@ def main(argv=None) -> int:
                     runs.append(run_worker(WORKER, spec))
                     print(json.dumps(summarize_heads(runs[-1:])[0]), flush=True)
                     result["head_provenance"] = common.finish(prov)
+                    runs[-1]["provenance"] = result["head_provenance"]
                     result["head_runs"] = merge_rows(result["head_runs"], runs)
-                    result["head"] = summarize_heads(result["head_runs"])
-                    save(result, ("head_provenance", "head_runs", "head"))
+                    save(result, ("head_provenance", "head_runs"))
     if args.only in (None, "step"):
         prov = common.provenance() | {"command": command}
         runs = []
@@ -231,9 +235,9 @@ def main(argv=None) -> int:
             runs.append(run_worker(WORKER, spec, timeout=3 * 3600))
             print(json.dumps(summarize_steps(runs[-1:])[0]), flush=True)
             result["step_provenance"] = common.finish(prov)
+            runs[-1]["provenance"] = result["step_provenance"]
             result["step_runs"] = merge_rows(result["step_runs"], runs)
-            result["step"] = summarize_steps(result["step_runs"])
-            save(result, ("step_provenance", "step_runs", "step"))
+            save(result, ("step_provenance", "step_runs"))
     result["planner"] = planner_rows()
     save(result, ("planner",))
     print(markdown(json.loads((RESULTS / "memory.json").read_text())))
