@@ -62,18 +62,40 @@ def summarize_steps(runs: list[dict]) -> list[dict]:
 
 
 def summarize_heads(runs: list[dict]) -> list[dict]:
-    out = []
+    """One row per model, method and length. Peaks from any run that measured the implementation; the time
+    ratio only from runs where both alternated in one process. A plain peak measured only at 2048 tokens
+    is scaled to longer rows (the logits are tokens x vocab: exactly linear) and flagged as such."""
+    out, groups = [], {}
     for r in runs:
-        p, c = r["rows"]["plain"], r["rows"]["chunked"]
-        row = {"model": r["model"], "method": r["method"], "seq": r["seq"], "vocab": r["vocab"],
-               "chunk_tokens": r["chunk_tokens"], "repeats": r["repeats"],
-               "plain_logits_mib": round(median(p["peak_mib"]), 1),
-               "chunked_logits_mib": round(median(c["peak_mib"]), 1),
-               "plain_s": round(median(p["step_s"]), 3), "chunked_s": round(median(c["step_s"]), 3),
-               "plain_cpu_s": round(median(p["cpu_s"]), 3), "chunked_cpu_s": round(median(c["cpu_s"]), 3)}  # fmt: skip
-        row["logits_ratio"] = round(row["plain_logits_mib"] / max(row["chunked_logits_mib"], 1e-9), 1)
-        row["time_ratio"] = round(row["chunked_s"] / row["plain_s"], 3)
-        row["cpu_ratio"] = round(row["chunked_cpu_s"] / row["plain_cpu_s"], 3)
+        groups.setdefault((r["model"], r["method"], r["seq"]), []).append(r)
+    for (model, method, seq), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
+        row = {"model": model, "method": method, "seq": seq, "vocab": rs[0]["vocab"],
+               "chunk_tokens": rs[0]["chunk_tokens"], "repeats": max(r["repeats"] for r in rs),
+               "plain_source": "measured"}  # fmt: skip
+        for impl in ("plain", "chunked"):
+            have = [r["rows"][impl] for r in rs if impl in r["rows"]]
+            row[f"{impl}_logits_mib"] = (
+                round(median([x for h in have for x in h["peak_mib"]]), 1) if have else None
+            )
+        pairs = [r for r in rs if {"plain", "chunked"} <= set(r["rows"])]
+        for impl in ("plain", "chunked"):
+            for k, src in (("s", "step_s"), ("cpu_s", "cpu_s")):
+                xs = [x for r in pairs for x in r["rows"][impl][src]]
+                row[f"{impl}_{k}"] = round(median(xs), 3) if xs else None
+        if row["plain_logits_mib"] is None:
+            short = [
+                r
+                for r in runs
+                if (r["model"], r["method"], r["seq"]) == (model, method, 2048) and "plain" in r["rows"]
+            ]
+            if short:
+                row["plain_logits_mib"] = round(median(short[0]["rows"]["plain"]["peak_mib"]) * seq / 2048, 1)
+                row["plain_source"] = "scaled from 2048"
+        if row["plain_logits_mib"] and row["chunked_logits_mib"]:
+            row["logits_ratio"] = round(row["plain_logits_mib"] / row["chunked_logits_mib"], 1)
+        if row["plain_cpu_s"]:
+            row["time_ratio"] = round(row["chunked_s"] / row["plain_s"], 3)
+            row["cpu_ratio"] = round(row["chunked_cpu_s"] / row["plain_cpu_s"], 3)
         out.append(row)
     return out
 
@@ -121,12 +143,21 @@ def markdown(result: dict) -> str:
         "chunked CPU s (wall) | CPU-time ratio | timed pairs |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def num(x, fmt=".0f"):
+        return "-" if x is None else format(x, fmt)
+
     for r in result["head"]:
+        plain = num(r["plain_logits_mib"]) + (
+            "" if r["plain_source"] == "measured" else f" ({r['plain_source']})"
+        )
+        timing = (
+            f"{num(r['plain_cpu_s'], '.2f')} ({num(r['plain_s'], '.2f')}) | "
+            f"{num(r['chunked_cpu_s'], '.2f')} ({num(r['chunked_s'], '.2f')}) | {num(r.get('cpu_ratio'), '.2f')}"
+        )
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['seq']} | {r['vocab']} | {r['chunk_tokens']} | "
-            f"{r['plain_logits_mib']:.0f} | {r['chunked_logits_mib']:.0f} | {r['logits_ratio']:.0f}x | "
-            f"{r['plain_cpu_s']:.2f} ({r['plain_s']:.2f}) | {r['chunked_cpu_s']:.2f} ({r['chunked_s']:.2f}) | "
-            f"{r['cpu_ratio']:.2f} | {r.get('repeats', '')} |"
+            f"| {r['model']} | {r['method']} | {r['seq']} | {r['vocab']} | {r['chunk_tokens']} | {plain} | "
+            f"{num(r['chunked_logits_mib'])} | {num(r.get('logits_ratio'))}x | {timing} | {r['repeats']} |"
         )
     lines += [
         "",
@@ -166,7 +197,7 @@ def markdown(result: dict) -> str:
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     """Rows of this run replace stored rows of the same model, method and length; the others stay."""
-    key = lambda r: (r["model"], r["method"], r["seq"])  # noqa: E731
+    key = lambda r: (r["model"], r["method"], r["seq"], tuple(r.get("impls", ())))  # noqa: E731
     mine = {key(r) for r in new}
     return sorted(
         [r for r in old if key(r) not in mine] + new, key=lambda r: (r["seq"], r["model"], r["method"])
@@ -196,6 +227,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed loss-alone pairs per row at <= 2048 tokens")
     ap.add_argument("--long-repeats", type=int, default=1, help="timed loss-alone pairs per row above 2048")
     ap.add_argument(
+        "--impls", default="plain,chunked",
+        help="head rows: implementations (chunked alone needs no big-memory lock; plain is then scaled from 2048)",
+    )  # fmt: skip
+    ap.add_argument(
         "--step", action="append", default=None, metavar="MODEL:METHOD:SEQ",
         help="whole-step rows (repeatable); default smollm2:lora:2048 and llama3vocab:lora:2048",
     )  # fmt: skip
@@ -219,6 +254,8 @@ def main(argv=None) -> int:
                 for method in ("lora", "full"):
                     repeats = args.repeats if seq <= 2048 else args.long_repeats
                     spec = {"kind": "head", "model": model, "method": method, "seq": seq, "repeats": repeats}
+                    if args.impls != "plain,chunked":
+                        spec["impls"] = args.impls.split(",")
                     runs.append(run_worker(WORKER, spec))
                     print(json.dumps(summarize_heads(runs[-1:])[0]), flush=True)
                     result["head_provenance"] = common.finish(prov)

@@ -180,12 +180,13 @@ def head_worker(spec: dict) -> dict:
     labels = torch.randint(0, vocab, (1, tokens))
     count = tokens - 1
     grads_bytes = 4 * tokens * width + (4 * vocab * width if spec["method"] == "full" else 0)
-    hidden = {impl: torch.randn(1, tokens, width, requires_grad=True) for impl in ("plain", "chunked")}
+    impls = tuple(spec.get("impls", ("plain", "chunked")))  # chunked alone: no full logits, no big lock
+    hidden = {impl: torch.randn(1, tokens, width, requires_grad=True) for impl in impls}
     rows = {
         impl: {"peak_mib": [], "step_s": [], "cpu_s": [], "losses": [], "grad_norms": []} for impl in hidden
     }
     for r in range(1 + spec["repeats"]):
-        for impl in ("plain", "chunked") if r % 2 == 0 else ("chunked", "plain"):
+        for impl in impls if r % 2 == 0 else impls[::-1]:
             h = hidden[impl]
             start, cpu = time.perf_counter(), time.process_time()
             with cpu_peak() as peak:
