@@ -131,6 +131,9 @@ def markdown(result: dict) -> str:
         provs = [r.get("provenance") or result.get(f"{name}_provenance") for r in result[f"{name}_runs"]]
         for prov in {p["command"]: p for p in provs if p}.values():
             lines += [f"**{name} rows**: " + " ".join(common.header_lines(prov, prov["command"])), ""]
+    for note in {json.dumps(r["source"]): r["source"] for r in result.get("step_logged", [])}.values():
+        lines += [f"**step rows from a run's log** (medians only): `{note['command']}` at commit `{note['commit']}` "
+                  f"(clean tree), {note['date']}, 1-minute load {note['load']}. {note['why']}", ""]  # fmt: skip
     lines += [
         "Peaks are c10's CPU allocator (the profiler's memory events, as `llama_sft.plan.measure`); times are "
         "medians after a warm-up, the implementations interleaved in one single-threaded process. The ratios "
@@ -167,7 +170,7 @@ def markdown(result: dict) -> str:
         "CPU-time ratio | timed steps | loss first -> last |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["step"]:
+    for r in result["step"] + result.get("step_logged", []):
         for v in VARIANTS:
             if not (x := r.get(v)):
                 continue
@@ -219,6 +222,17 @@ def save(result: dict, keys: tuple[str, ...]) -> None:
     (RESULTS / "memory.md").write_text(markdown(stored))
 
 
+def add_logged_step(path: Path) -> int:
+    """Rows printed by a step run (its medians: per-step lists are lost) stored with where they came from."""
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.startswith("{")]
+    note = json.loads(path.with_suffix(".source.json").read_text())  # commit, command, load, why
+    stored = json.loads((RESULTS / "memory.json").read_text())
+    stored["step_logged"] = [row | {"source": note} for row in lines]
+    (RESULTS / "memory.json").write_text(json.dumps(stored, indent=1))
+    (RESULTS / "memory.md").write_text(markdown(stored))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["head", "step", "planner"], default=None, help="run one section")
@@ -237,9 +251,16 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed whole steps per variant (after 1 warm-up)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="whole-step variants")
     ap.add_argument(
+        "--add-logged-step", metavar="FILE",
+        help="store whole-step summary lines a run printed (JSON, one a line) whose writer failed after its "
+        "worker finished; kept apart under step_logged with that run's commit",
+    )  # fmt: skip
+    ap.add_argument(
         "--allow-dirty", action="store_true", help="save from a dirty tree, flagged in the results"
     )
     args = ap.parse_args(argv)
+    if args.add_logged_step:
+        return add_logged_step(Path(args.add_logged_step))
     common.require_clean(args.allow_dirty)
     command = "python benchmarks/memory.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out_json = RESULTS / "memory.json"
