@@ -55,6 +55,7 @@ FIT = (
 HELD_OUT = (
     "zero1-full", "zero3-lora-ckpt", "smollm2-lora-s1024", "smollm2-full-s512", "smollm2-lora-ckpt-s2048",
     "smollm2-lora-padded-s1024", "smollm2-lora-packed-s2048", "llama2-7b-4l-lora-s512",
+    "smollm2-lora-chunked-s1024", "smollm2-lora-chunked-s2048",
 )  # fmt: skip
 FIRST_MEASURED = "2084bf8"  # the commit whose results file holds the carried-over measurements
 TARGET_PCT = 10.0
@@ -75,6 +76,7 @@ class Case:
     precision: str = "bf16"
     zero: int = 0
     packed: int = 0  # > 0: rows of this many conversations on sdpa_packed (benchmarks/plan_measure.py)
+    loss: str = "plain"  # chunked: train/loss.py installed (benchmarks/plan_measure.py); plain: transformers'
     quick: bool = False
     measurable: bool = True
     extra: dict = field(default_factory=dict)
@@ -109,6 +111,10 @@ GRID = [
     Case("smollm2-full-s512", "smollm2", 30, method="full", batch=1, seq=512),
     Case("smollm2-lora-ckpt-s2048", "smollm2", 30, ckpt=True, batch=1, seq=2048),
     Case("llama2-7b-4l-lora-s512", "llama2-7b", 4, batch=1, seq=512),
+    # Held out: the chunked loss (train/loss.py, the default of `llama-sft train`), measured after its
+    # planner term was written; the logits term is a chunk's instead of the whole row's.
+    Case("smollm2-lora-chunked-s1024", "smollm2", 30, batch=1, seq=1024, loss="chunked"),
+    Case("smollm2-lora-chunked-s2048", "smollm2", 30, batch=1, seq=2048, loss="chunked"),
     Case("qlora", "llama2-7b", 1, method="qlora", batch=2, seq=512, measurable=False),
     Case("qlora-ckpt", "llama2-7b", 1, method="qlora", ckpt=True, batch=2, seq=512, measurable=False),
 ]
@@ -127,7 +133,7 @@ def setting(case: Case, device: str = "cpu") -> Setting:
         attention_mask=(case.padding or case.attn == "eager") and not case.packed,
         grads_resident=case.grad_accum > 1,
         device=device,
-        loss_impl="plain",  # llama_sft.plan.measure trains with transformers' own loss
+        loss_impl=case.loss,  # plain: llama_sft.plan.measure's own Trainer loss; chunked: installed on top
     )
 
 
@@ -165,6 +171,7 @@ def run_case(case: Case) -> dict:
         "model": f"{case.preset} {'shape' if case.preset == 'smollm2' else 'width'}, {case.layers} layer(s)",
         "set": "held out" if case.name in HELD_OUT else "fit",
         "packed": case.packed,
+        "loss": case.loss,
         "method": case.method,
         "sharding": f"zero{case.zero}" if case.zero else "none",
         "ckpt": case.ckpt,
@@ -198,8 +205,8 @@ def run_case(case: Case) -> dict:
                 prefix,
             ]
             env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
-        elif case.packed:
-            job = json.dumps({"spec": asdict(spec), "packed": case.packed})
+        elif case.packed or case.loss != "plain":
+            job = json.dumps({"spec": asdict(spec), "packed": case.packed, "loss": case.loss})
             cmd = [sys.executable, str(Path(__file__).with_name("plan_measure.py")), job]
         else:
             cmd = [sys.executable, "-m", "llama_sft.plan.measure", json.dumps(asdict(spec))]
@@ -342,6 +349,7 @@ def write_markdown(
                 r["attn"] if r["attn"] != "sdpa" else "",
                 "padded" if r["padding"] else "",
                 f"packed x{r['packed']} (sdpa_packed)" if r.get("packed") else "",
+                f"{r['loss']} loss" if r.get("loss", "plain") != "plain" else "",
                 f"accum {r['grad_accum']}" if r["grad_accum"] > 1 else "",
             )
             if x
