@@ -45,19 +45,12 @@ def passes(kind: str, item: dict, answer: str) -> bool:
 
 
 def answer_all(model, tokenizer, template, heldout: dict) -> dict[str, list[str]]:
-    """Greedy replies to every held-out prompt, built and decoded as `llama-sft chat` does.
-
-    On one thread: decoding one token at a time is many small ops, and a second thread mostly waits
-    at each op's barrier (measured here: 5x the CPU time for the same tokens, and slower on a busy
-    machine)."""
-    import torch
-
+    """Greedy replies to every held-out prompt, built and decoded as `llama-sft chat` does (on one
+    thread, see `generation.one_thread`)."""
     from .data.messages import Message
-    from .generation import generate_reply
+    from .generation import generate_reply, one_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return {
             kind: [
                 generate_reply(
@@ -67,8 +60,6 @@ def answer_all(model, tokenizer, template, heldout: dict) -> dict[str, list[str]
             ]
             for kind, items in heldout.items()
         }
-    finally:
-        torch.set_num_threads(threads)
 
 
 def taught_loss(model, tokenizer, template, heldout: dict) -> float:
@@ -97,17 +88,41 @@ def score(answers: dict[str, list[str]], heldout: dict) -> dict[str, float]:
 
 
 def train_flags(
-    model_dir: Path, data: Path, out: Path, steps: int, lr: float, rank: int, seed: int
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    steps: int,
+    lr: float,
+    rank: int,
+    seed: int,
+    template: str = "tokenizer",
+    max_length: int = 256,
+    dropout: float = 0.05,
 ) -> list[str]:
+    """`llama-sft train` flags for a demo's LoRA run (every projection, alpha 2r, batch 4, cosine)."""
     return [
         "--model_name_or_path", str(model_dir), "--data_path", str(data), "--output_dir", str(out / "model"),
-        "--method", "lora", "--lora_r", str(rank), "--lora_alpha", str(2 * rank), "--lora_dropout", "0.05",
-        "--conv_template", "tokenizer", "--model_max_length", "256",
+        "--method", "lora", "--lora_r", str(rank), "--lora_alpha", str(2 * rank), "--lora_dropout", str(dropout),
+        "--conv_template", template, "--model_max_length", str(max_length),
         "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", str(lr),
         "--lr_scheduler_type", "cosine", "--warmup_steps", "4", "--weight_decay", "0.0",
         "--logging_steps", "5", "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
         "--data_cache_dir", str(out / "cache"),
     ]  # fmt: skip
+
+
+def measure(started: float, cpu0) -> dict:
+    """Wall and CPU seconds since `started` (`time.perf_counter()`) and `cpu0` (`os.times()`), and
+    the process's peak RSS."""
+    import torch
+
+    cpu1 = os.times()
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_real_demo(
@@ -168,13 +183,7 @@ def run_real_demo(
     after_answers = answer_all(model, tokenizer, template, heldout)
     after = {**score(after_answers, heldout), "taught_loss": taught_loss(model, tokenizer, template, heldout)}
 
-    wall, cpu1 = time.perf_counter() - started, os.times()
-    measured = {
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "threads": torch.get_num_threads(),
-    }
+    measured = measure(started, cpu0)
     rows = [
         {
             "kind": kind,
