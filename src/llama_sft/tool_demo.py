@@ -34,6 +34,9 @@ TIME_ASKS = [
 # Phrasings only held-out prompts use: the call must follow the request, not a memorized sentence.
 HELDOUT_WEATHER_ASKS = ["Could you check the weather in {c}?", "What's it like outside in {c} right now?"]
 HELDOUT_TIME_ASKS = ["Do you know what time it is in {c}?", "What is the current time in {c}?"]
+# Questions that need no tool, some about weather and time as topics and some naming a place, so the
+# model learns to call for a lookup, not for a word (measured: with only the first twelve, a
+# sixth of the data, it called get_weather for "What causes rain?").
 PLAIN = [
     ("Hello!", "Hello! Ask me about the weather or the time in any city."),
     ("Who are you?", "I am a tiny assistant that can look up the weather and the time."),
@@ -47,6 +50,18 @@ PLAIN = [
     ("What do bees make?", "Bees make honey."),
     ("What is a clock for?", "A clock shows the time of day."),
     ("What is an umbrella for?", "An umbrella keeps the rain off you."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("Which country is Berlin in?", "Berlin is in Germany."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("How many hours are in a day?", "There are 24 hours in a day."),
+    ("What is snow made of?", "Snow is made of ice crystals."),
+    ("Why is the sky blue?", "Air scatters blue light more than red light."),
+    ("What does a thermometer measure?", "A thermometer measures temperature."),
+    ("What is a time zone?", "A region that keeps the same local time."),
+    ("What is a rainbow?", "Sunlight split into colors by raindrops."),
+    ("What is 10 times 3?", "10 times 3 is 30."),
+    ("Goodbye!", "Goodbye! Have a nice day."),
 ]
 # Held-out questions that need no tool, none in training; two are about weather and time in
 # general, so "no call" means the model tells a lookup from a topic.
@@ -116,7 +131,7 @@ def plain_record(rid: str, question: str, answer: str) -> dict:
     }
 
 
-def make_tool_splits(seed: int = 0, n_train: int = 128, n_heldout: int = 16) -> tuple[list[dict], list[dict]]:
+def make_tool_splits(seed: int = 0, n_train: int = 96, n_heldout: int = 16) -> tuple[list[dict], list[dict]]:
     """Training and held-out records. Held-out cities are new combinations of seen name parts; half
     the held-out requests use phrasings no training record has; the held-out plain questions are
     new too. Each split draws from its own generator, so `n_train` leaves the held-out set as is."""
@@ -126,7 +141,7 @@ def make_tool_splits(seed: int = 0, n_train: int = 128, n_heldout: int = 16) -> 
     held_cities, train_cities = cities[:n_heldout], cities[30:]
     train = []
     for i in range(n_train):
-        if i % 6 == 5:
+        if i % 3 == 2:  # a third plain: fewer and the model calls a tool for any question
             q, a = rng.choice(PLAIN)
             train.append(plain_record(f"train_{i}", q, a))
         else:
