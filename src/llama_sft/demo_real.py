@@ -111,6 +111,23 @@ def train_flags(
     ]  # fmt: skip
 
 
+def real_model(model_dir: str | Path | None, console) -> Path:
+    """The converted SmolLM2 directory (`model_dir`, or fetched and cached), announced as step 1."""
+    from .model.smollm2 import smollm2_dir
+
+    model_dir = Path(model_dir) if model_dir else smollm2_dir(log=lambda m: console.print(f"      {m}"))
+    console.print(f"[bold]1/4[/] model: SmolLM2-135M-Instruct (Q4_1 dequantized to fp32) at {model_dir}")
+    return model_dir
+
+
+def save_results(out: Path, result: dict, section: str) -> None:
+    """`demo_results.json` in `out`, and the demo's tables appended to the run's report.md."""
+    text = json.dumps(result, indent=2, ensure_ascii=False, default=str)
+    (out / "demo_results.json").write_text(text, encoding="utf-8")
+    with open(out / "model" / "report.md", "a", encoding="utf-8") as handle:
+        handle.write(section)
+
+
 def measure(started: float, cpu0) -> dict:
     """Wall and CPU seconds since `started` (`time.perf_counter()`) and `cpu0` (`os.times()`), and
     the process's peak RSS."""
@@ -140,7 +157,6 @@ def run_real_demo(
 
     from .config import parse_run_config
     from .generation import load_for_inference
-    from .model.smollm2 import smollm2_dir
     from .model.trained import load_trained
     from .train.run import train
 
@@ -148,8 +164,7 @@ def run_real_demo(
     started, cpu0 = time.perf_counter(), os.times()
     out = Path(output_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    model_dir = Path(model_dir) if model_dir else smollm2_dir(log=lambda m: console.print(f"      {m}"))
-    console.print(f"[bold]1/4[/] model: SmolLM2-135M-Instruct (Q4_1 dequantized to fp32) at {model_dir}")
+    model_dir = real_model(model_dir, console)
     train_src, heldout = demo_data()
     data = out / "data" / "train.jsonl"
     shutil.copyfile(train_src, data)
@@ -215,9 +230,7 @@ def run_real_demo(
         "output_dir": str(out),
     }
     show(console, result)
-    (out / "demo_results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
-    with open(out / "model" / "report.md", "a", encoding="utf-8") as handle:
-        handle.write(report_section(result))
+    save_results(out, result, report_section(result))
     console.print(
         f"Saved: adapter, report.md and loss.png in {out / 'model'}; results in {out / 'demo_results.json'}.\n"
         f"Next: `llama-sft chat {out / 'model'}` · `llama-sft merge {out / 'model'} --out {out / 'merged'}`"

@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from .demo_real import _pct, measure, train_flags
+from .demo_real import _pct, measure, real_model, save_results, train_flags
 from .tool_demo import score, shipped, write_jsonl
 
 MAX_LENGTH = 384  # the longest training record is ~340 tokens, most of it the tool schemas
@@ -44,7 +44,6 @@ def run_real_tool_demo(
 
     from .config import parse_run_config
     from .generation import load_for_inference
-    from .model.smollm2 import smollm2_dir
     from .model.trained import load_trained
     from .train.run import train
 
@@ -52,8 +51,7 @@ def run_real_tool_demo(
     started, cpu0 = time.perf_counter(), os.times()
     out = Path(output_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    model_dir = Path(model_dir) if model_dir else smollm2_dir(log=lambda m: console.print(f"      {m}"))
-    console.print(f"[bold]1/4[/] model: SmolLM2-135M-Instruct (Q4_1 dequantized to fp32) at {model_dir}")
+    model_dir = real_model(model_dir, console)
     train_records, held = shipped("train"), heldout if heldout is not None else shipped("heldout")
     data = out / "data" / "train.jsonl"
     write_jsonl(data, train_records)
@@ -94,11 +92,7 @@ def run_real_tool_demo(
         "output_dir": str(out),
     }
     show(console, result)
-    (out / "demo_results.json").write_text(
-        json.dumps(result, indent=2, ensure_ascii=False, default=str), encoding="utf-8"
-    )
-    with open(out / "model" / "report.md", "a", encoding="utf-8") as handle:
-        handle.write(report_section(result))
+    save_results(out, result, report_section(result))
     console.print(
         f"Saved: adapter and report.md in {out / 'model'}; results in {out / 'demo_results.json'}.\n"
         f"Next: `llama-sft serve {out / 'model'}` and call it with `tools=` from the openai client."
