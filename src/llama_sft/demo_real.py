@@ -98,13 +98,16 @@ def train_flags(
     template: str = "tokenizer",
     max_length: int = 256,
     dropout: float = 0.05,
+    micro_batch: int = 4,
 ) -> list[str]:
-    """`llama-sft train` flags for a demo's LoRA run (every projection, alpha 2r, batch 4, cosine)."""
+    """`llama-sft train` flags for a demo's LoRA run (every projection, alpha 2r, batch 4, cosine);
+    a `micro_batch` below 4 accumulates gradients to the same batch in less memory."""
     return [
         "--model_name_or_path", str(model_dir), "--data_path", str(data), "--output_dir", str(out / "model"),
         "--method", "lora", "--lora_r", str(rank), "--lora_alpha", str(2 * rank), "--lora_dropout", str(dropout),
         "--conv_template", template, "--model_max_length", str(max_length),
-        "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", str(lr),
+        "--max_steps", str(steps), "--per_device_train_batch_size", str(micro_batch),
+        "--gradient_accumulation_steps", str(4 // micro_batch), "--learning_rate", str(lr),
         "--lr_scheduler_type", "cosine", "--warmup_steps", "4", "--weight_decay", "0.0",
         "--logging_steps", "5", "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
         "--data_cache_dir", str(out / "cache"),
