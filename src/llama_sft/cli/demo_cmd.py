@@ -29,9 +29,10 @@ def register(subparsers) -> None:
         "the default demo) on the shipped tool set (get_weather, get_time, plain questions) with the "
         "chatml template (Hermes <tool_call> format, what `serve` renders for the run), then show base "
         "vs fine-tuned on held-out prompts (cities never in training): exact call, answer from the "
-        "tool's result, no call when none is needed. Default output runs/tool-demo, 24 steps; about "
-        "N CPU-minutes on 2 cores. With --tiny: the offline tiny random LLaMA (it does not learn calls "
-        "in its 5 epochs; a smoke run of the path)",
+        "tool's result, no call when none is needed. Default output runs/tool-demo, 24 steps; about 7 "
+        "CPU-minutes and 3 GB (measured 413 CPU-s, 2.9 GB peak RSS, one thread, on a shared 2-core "
+        "machine). With --tiny: the offline tiny random LLaMA (it does not learn calls in its 5 "
+        "epochs; a smoke run of the path)",
     )
     real = p.add_argument_group("real-model demo")
     real.add_argument(
