@@ -22,7 +22,16 @@ from .tool_demo import score, shipped, write_jsonl
 
 MAX_LENGTH = 384  # the longest training record is ~340 tokens, most of it the tool schemas
 # Batch 4 as 2 x 2 accumulated: four ~330-token records at once peaked at 4.5 GB RSS (measured).
-EXAMPLES = ("heldout_0", "heldout_1", "heldout_2", "heldout_3", "heldout_plain_1", "heldout_plain_2")
+# Shown side by side: seen and unseen phrasings of both tools, a fact and a weather topic.
+EXAMPLES = (
+    "heldout_0",
+    "heldout_1",
+    "heldout_2",
+    "heldout_3",
+    "heldout_5",
+    "heldout_plain_1",
+    "heldout_plain_2",
+)
 
 
 def call_text(calls: list) -> str:
@@ -116,24 +125,30 @@ def run_real_tool_demo(
     return result
 
 
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _mark(ok: bool | None) -> str:
     return "✓" if ok else "✗"
 
 
 def example_rows(result: dict) -> list[tuple[str, str, str, str]]:
-    """(prompt, base reply, fine-tuned reply, expected) for a few held-out prompts, marked."""
+    """(prompt, base reply, fine-tuned reply, expected call) for a few held-out prompts, marked:
+    the `EXAMPLES`, or the first four when the held-out set has none of them."""
+    pairs = list(zip(result["before"]["rows"], result["after"]["rows"], strict=True))
+    chosen = [(b, a) for b, a in pairs if b["id"] in EXAMPLES] or pairs[:4]
     rows = []
-    for b, a in zip(result["before"]["rows"], result["after"]["rows"], strict=True):
-        if b["id"] in EXAMPLES or len(rows) < 2 and len(result["before"]["rows"]) < len(EXAMPLES):
-            key = "call" if "call" in b else "no_call"
-            rows.append(
-                (
-                    b["prompt"],
-                    f"{_mark(b[key])} {b['reply']}",
-                    f"{_mark(a[key])} {a['reply']}",
-                    call_text(b["expected"]),
-                )
+    for b, a in chosen:
+        key = "call" if "call" in b else "no_call"
+        rows.append(
+            (
+                b["prompt"],
+                f"{_mark(b[key])} {b['reply']}",
+                f"{_mark(a[key])} {a['reply']}",
+                call_text(b["expected"]),
             )
+        )
     return rows
 
 
