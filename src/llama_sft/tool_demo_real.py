@@ -141,14 +141,8 @@ def example_rows(result: dict) -> list[tuple[str, str, str, str]]:
     rows = []
     for b, a in chosen:
         key = "call" if "call" in b else "no_call"
-        rows.append(
-            (
-                b["prompt"],
-                f"{_mark(b[key])} {b['reply']}",
-                f"{_mark(a[key])} {a['reply']}",
-                call_text(b["expected"]),
-            )
-        )
+        shown = [f"{_mark(r[key])} {_clip(r['reply'])}" for r in (b, a)]
+        rows.append((b["prompt"], *shown, call_text(b["expected"])))
     return rows
 
 
