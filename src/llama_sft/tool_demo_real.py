@@ -40,7 +40,7 @@ def call_text(calls: list) -> str:
 
 def run_real_tool_demo(
     output_dir: str | Path = "runs/tool-demo",
-    steps: int = 24,
+    steps: int = 32,
     learning_rate: float = 2e-3,
     lora_r: int = 16,
     seed: int = 0,

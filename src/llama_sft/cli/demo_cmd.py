@@ -29,14 +29,14 @@ def register(subparsers) -> None:
         "the default demo) on the shipped tool set (get_weather, get_time, plain questions) with the "
         "chatml template (Hermes <tool_call> format, what `serve` renders for the run), then show base "
         "vs fine-tuned on held-out prompts (cities never in training): exact call, answer from the "
-        "tool's result, no call when none is needed. Default output runs/tool-demo, 24 steps; about 7 "
-        "CPU-minutes and 3 GB (measured 413 CPU-s, 2.9 GB peak RSS, one thread, on a shared 2-core "
+        "tool's result, no call when none is needed. Default output runs/tool-demo, 32 steps; about 8 "
+        "CPU-minutes and 3 GB (measured 506 CPU-s, 3.0 GB peak RSS, one thread, on a shared 2-core "
         "machine). With --tiny: the offline tiny random LLaMA (it does not learn calls in its 5 "
         "epochs; a smoke run of the path)",
     )
     real = p.add_argument_group("real-model demo")
     real.add_argument(
-        "--steps", type=int, default=None, help="optimizer steps, batch 4 (default 40, --tools 24)"
+        "--steps", type=int, default=None, help="optimizer steps, batch 4 (default 40, --tools 32)"
     )
     real.add_argument("--learning_rate", type=float, default=None, help="default 1e-3 (--tools 2e-3)")
     real.add_argument("--lora_r", type=int, default=16, help="LoRA rank (alpha = 2 r), every projection")
@@ -68,7 +68,7 @@ def cmd_demo(args) -> int:
 
             result = run_real_tool_demo(
                 out,
-                steps=_given(args.steps, 24),
+                steps=_given(args.steps, 32),
                 learning_rate=_given(args.learning_rate, 2e-3),
                 lora_r=args.lora_r,
                 seed=args.seed,
