@@ -45,19 +45,12 @@ def passes(kind: str, item: dict, answer: str) -> bool:
 
 
 def answer_all(model, tokenizer, template, heldout: dict) -> dict[str, list[str]]:
-    """Greedy replies to every held-out prompt, built and decoded as `llama-sft chat` does.
-
-    On one thread: decoding one token at a time is many small ops, and a second thread mostly waits
-    at each op's barrier (measured here: 5x the CPU time for the same tokens, and slower on a busy
-    machine)."""
-    import torch
-
+    """Greedy replies to every held-out prompt, built and decoded as `llama-sft chat` does (on one
+    thread, see `generation.one_thread`)."""
     from .data.messages import Message
-    from .generation import generate_reply
+    from .generation import generate_reply, one_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return {
             kind: [
                 generate_reply(
@@ -67,8 +60,6 @@ def answer_all(model, tokenizer, template, heldout: dict) -> dict[str, list[str]
             ]
             for kind, items in heldout.items()
         }
-    finally:
-        torch.set_num_threads(threads)
 
 
 def taught_loss(model, tokenizer, template, heldout: dict) -> float:
@@ -97,17 +88,61 @@ def score(answers: dict[str, list[str]], heldout: dict) -> dict[str, float]:
 
 
 def train_flags(
-    model_dir: Path, data: Path, out: Path, steps: int, lr: float, rank: int, seed: int
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    steps: int,
+    lr: float,
+    rank: int,
+    seed: int,
+    template: str = "tokenizer",
+    max_length: int = 256,
+    dropout: float = 0.05,
+    micro_batch: int = 4,
 ) -> list[str]:
+    """`llama-sft train` flags for a demo's LoRA run (every projection, alpha 2r, batch 4, cosine);
+    a `micro_batch` below 4 accumulates gradients to the same batch in less memory."""
     return [
         "--model_name_or_path", str(model_dir), "--data_path", str(data), "--output_dir", str(out / "model"),
-        "--method", "lora", "--lora_r", str(rank), "--lora_alpha", str(2 * rank), "--lora_dropout", "0.05",
-        "--conv_template", "tokenizer", "--model_max_length", "256",
-        "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", str(lr),
+        "--method", "lora", "--lora_r", str(rank), "--lora_alpha", str(2 * rank), "--lora_dropout", str(dropout),
+        "--conv_template", template, "--model_max_length", str(max_length),
+        "--max_steps", str(steps), "--per_device_train_batch_size", str(micro_batch),
+        "--gradient_accumulation_steps", str(4 // micro_batch), "--learning_rate", str(lr),
         "--lr_scheduler_type", "cosine", "--warmup_steps", "4", "--weight_decay", "0.0",
         "--logging_steps", "5", "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
         "--data_cache_dir", str(out / "cache"),
     ]  # fmt: skip
+
+
+def real_model(model_dir: str | Path | None, console) -> Path:
+    """The converted SmolLM2 directory (`model_dir`, or fetched and cached), announced as step 1."""
+    from .model.smollm2 import smollm2_dir
+
+    model_dir = Path(model_dir) if model_dir else smollm2_dir(log=lambda m: console.print(f"      {m}"))
+    console.print(f"[bold]1/4[/] model: SmolLM2-135M-Instruct (Q4_1 dequantized to fp32) at {model_dir}")
+    return model_dir
+
+
+def save_results(out: Path, result: dict, section: str) -> None:
+    """`demo_results.json` in `out`, and the demo's tables appended to the run's report.md."""
+    text = json.dumps(result, indent=2, ensure_ascii=False, default=str)
+    (out / "demo_results.json").write_text(text, encoding="utf-8")
+    with open(out / "model" / "report.md", "a", encoding="utf-8") as handle:
+        handle.write(section)
+
+
+def measure(started: float, cpu0) -> dict:
+    """Wall and CPU seconds since `started` (`time.perf_counter()`) and `cpu0` (`os.times()`), and
+    the process's peak RSS."""
+    import torch
+
+    cpu1 = os.times()
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_real_demo(
@@ -125,7 +160,6 @@ def run_real_demo(
 
     from .config import parse_run_config
     from .generation import load_for_inference
-    from .model.smollm2 import smollm2_dir
     from .model.trained import load_trained
     from .train.run import train
 
@@ -133,8 +167,7 @@ def run_real_demo(
     started, cpu0 = time.perf_counter(), os.times()
     out = Path(output_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    model_dir = Path(model_dir) if model_dir else smollm2_dir(log=lambda m: console.print(f"      {m}"))
-    console.print(f"[bold]1/4[/] model: SmolLM2-135M-Instruct (Q4_1 dequantized to fp32) at {model_dir}")
+    model_dir = real_model(model_dir, console)
     train_src, heldout = demo_data()
     data = out / "data" / "train.jsonl"
     shutil.copyfile(train_src, data)
@@ -168,13 +201,7 @@ def run_real_demo(
     after_answers = answer_all(model, tokenizer, template, heldout)
     after = {**score(after_answers, heldout), "taught_loss": taught_loss(model, tokenizer, template, heldout)}
 
-    wall, cpu1 = time.perf_counter() - started, os.times()
-    measured = {
-        "wall_s": round(wall, 1),
-        "cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 1),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "threads": torch.get_num_threads(),
-    }
+    measured = measure(started, cpu0)
     rows = [
         {
             "kind": kind,
@@ -206,9 +233,7 @@ def run_real_demo(
         "output_dir": str(out),
     }
     show(console, result)
-    (out / "demo_results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
-    with open(out / "model" / "report.md", "a", encoding="utf-8") as handle:
-        handle.write(report_section(result))
+    save_results(out, result, report_section(result))
     console.print(
         f"Saved: adapter, report.md and loss.png in {out / 'model'}; results in {out / 'demo_results.json'}.\n"
         f"Next: `llama-sft chat {out / 'model'}` · `llama-sft merge {out / 'model'} --out {out / 'merged'}`"

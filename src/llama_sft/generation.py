@@ -8,6 +8,7 @@ prints and `eval` scores.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +163,19 @@ class ReplyStream:
         self.text = text.rstrip() if new_ids else ""
         if len(self.text) > len(emitted) and self.text.startswith(emitted):
             yield self.text[len(emitted) :]
+
+
+@contextmanager
+def one_thread():
+    """Decode on one thread: one token at a time is many small ops, and a second thread mostly
+    waits at each op's barrier (measured for the demo: 5x the CPU time for the same tokens, and
+    slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def stream_reply(
