@@ -31,6 +31,8 @@ README = REPO / "README.md"
 NOT_RUN = {
     "make demo": "installs a fresh .venv; tests/test_demo.py runs the demo, CI runs `make test` itself",
     "make test": "installs a fresh .venv and runs this suite: it is what CI runs",
+    "llama-sft demo --tools": "an 8-minute CPU fine-tune of SmolLM2 (and --tiny, minutes of a tiny model): "
+    "tests/model/test_tool_demo_real.py runs the real one with 24 steps, tests/test_tool_demo_score.py its scoring",
     "deepspeed --num_gpus": "8 GPU processes; tests/train/test_fastchat_compat.py runs FastChat's DeepSpeed script",
     "torchrun --nproc_per_node": "8 GPU processes; tests/train/test_distributed.py launches 2 CPU processes",
     "accelerate launch": "a multi-process launcher with '...' for the flags; tests/train/test_distributed.py",

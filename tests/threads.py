@@ -1,18 +1,11 @@
-"""Thread count for tests that train or generate with tiny models (importable: tests/ is on sys.path)."""
+"""Thread count for tests that train or generate with tiny models (importable: tests/ is on sys.path).
+
+Tiny models run ~10x faster on one thread than on two busy cores (CI runners, shared machines); the
+package's own `one_thread` (what the demos decode under) does exactly that.
+"""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from llama_sft.generation import one_thread as single_thread
 
-
-@contextmanager
-def single_thread():
-    """Tiny models run ~10x faster on one thread than on two busy cores (CI runners, shared machines)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+__all__ = ["single_thread"]
