@@ -20,11 +20,9 @@ def add_adapters(model, run: RunConfig):
     quiet_third_party()  # also when called as a library, not through the CLI
 
     if run.lora.method == "qlora":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=bool(run.training.activation_checkpointing),
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
+        # Casts and freezes only: checkpointing is the Trainer's (`activation_checkpointing`, use_reentrant
+        # False, input grads below); peft would call the deprecated `gradient_checkpointing_enable`.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if run.lora.lora_weight_path:
         log.info("starting from adapter %s", run.lora.lora_weight_path)
         return PeftModel.from_pretrained(model, run.lora.lora_weight_path, is_trainable=True)

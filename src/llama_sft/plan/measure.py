@@ -91,11 +91,8 @@ def build_model(spec: RunSpec):
         model = _quantize_nf4(model).to(spec.device)
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=spec.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
+        # Casts and freezes only; the Trainer turns checkpointing on (peft would use the deprecated name).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
