@@ -3,10 +3,10 @@ peak survives a release, and sampling stops after the first step."""
 
 from __future__ import annotations
 
+import mmap
 import sys
 
 import pytest
-import torch
 from ci import in_ci
 
 from llama_sft.train.host_memory import HostMemory, resident_mb
@@ -15,10 +15,14 @@ from llama_sft.train.host_memory import HostMemory, resident_mb
 @pytest.mark.skipif(not sys.platform.startswith("linux") and not in_ci(), reason="reads /proc/self/status")
 def test_phases_peak_and_release():
     memory = HostMemory()
-    block = torch.ones(64 * 2**18)  # 64 MiB: above glibc's largest mmap threshold, so freed = returned
+    # 64 MiB of anonymous pages from mmap itself, touched: malloc could serve a tensor from free heap
+    # that an earlier test left (then freeing keeps it resident), while munmap always returns them.
+    block = mmap.mmap(-1, 64 * 2**20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # private: RssAnon
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1
     memory.loaded()
     memory.on_train_begin(None, None, None)
-    del block
+    block.close()
     memory.on_step_end(None, None, None)
     mine = memory.mine()
     assert mine["phases"]["loaded"]["anon_mb"] >= 60 and mine["load_peak_mb"] >= 60, mine
