@@ -175,22 +175,12 @@ def test_packed_conversations_do_not_see_each_other(impl):
 # --- the Trainer: gradient accumulation and processes -----------------------------------------------------------
 
 
-def trainer_update(
-    tmp_path, mode: str, per_device: int, accumulation: int, rows=None
-) -> dict[str, torch.Tensor]:
-    """Parameter change after one SGD step (lr 1, no clipping) of SFTTrainer over all `rows`."""
+def one_sgd_step_args(tmp_path, per_device: int, accumulation: int):
+    """TrainingArguments for one plain-SGD step (lr 1, no clipping or decay), so that the parameter
+    change is exactly minus the gradient; gloo when launched by torchrun."""
     from transformers import TrainingArguments
 
-    from llama_sft.train.trainer import SFTTrainer
-
-    rows = rows if rows is not None else conversations()
-    data = PackedDataset(rows, MAX_LEN) if mode == "prepacked" else rows
-    collator = PaddingCollator(PAD) if mode == "padded" else PackedCollator(PAD, max_length=MAX_LEN)
-    if mode == "padded":
-        data = [{**r, "input_ids": r["input_ids"][:MAX_LEN], "labels": r["labels"][:MAX_LEN]} for r in rows]
-    model = tiny_model("sdpa_packed")
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
@@ -210,6 +200,22 @@ def trainer_update(
         dataloader_pin_memory=False,
         ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
     )
+
+
+def trainer_update(
+    tmp_path, mode: str, per_device: int, accumulation: int, rows=None
+) -> dict[str, torch.Tensor]:
+    """Parameter change after one SGD step (lr 1, no clipping) of SFTTrainer over all `rows`."""
+    from llama_sft.train.trainer import SFTTrainer
+
+    rows = rows if rows is not None else conversations()
+    data = PackedDataset(rows, MAX_LEN) if mode == "prepacked" else rows
+    collator = PaddingCollator(PAD) if mode == "padded" else PackedCollator(PAD, max_length=MAX_LEN)
+    if mode == "padded":
+        data = [{**r, "input_ids": r["input_ids"][:MAX_LEN], "labels": r["labels"][:MAX_LEN]} for r in rows]
+    model = tiny_model("sdpa_packed")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = one_sgd_step_args(tmp_path, per_device, accumulation)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, data_collator=collator)
     assert trainer.model_accepts_loss_kwargs and args.average_tokens_across_devices
     trainer.train()

@@ -26,6 +26,7 @@ from test_equivalence import (
     conversations,
     grads,
     one_at_a_time,
+    one_sgd_step_args,
     per_batch_mean_update,
     reference,
     tiny_model,
@@ -197,8 +198,6 @@ def test_config_rejects_unknown_and_unavailable_impls(tmp_path):
 
 def trainer_update(tmp_path, mode, per_device, accumulation, impl="chunked", offload=False):
     """Parameter change after one SGD step (lr 1, no clipping) of SFTTrainer over all conversations."""
-    from transformers import TrainingArguments
-
     from llama_sft.train.trainer import SFTTrainer
 
     rows = conversations()
@@ -206,26 +205,7 @@ def trainer_update(tmp_path, mode, per_device, accumulation, impl="chunked", off
     data = [{**r, "input_ids": r["input_ids"][:MAX_LEN], "labels": r["labels"][:MAX_LEN]} for r in rows]
     model = loss_mod.install(tiny_model("sdpa_packed"), impl)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=accumulation,
-        max_steps=1,
-        learning_rate=1.0,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        weight_decay=0.0,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        remove_unused_columns=False,
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        dataloader_pin_memory=False,
-        ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
-    )
+    args = one_sgd_step_args(tmp_path, per_device, accumulation)
     args.activation_offloading = offload
     SFTTrainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
     return {n: (p.detach() - before[n]) for n, p in model.named_parameters()}
